@@ -1,0 +1,181 @@
+"""Checking the composed config, deriving run-time values, and handing both to the apps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedper.algorithms import ALGORITHMS
+from fedper.errors import ConfigError
+
+# The apps read the run's settings from this run_config entry (a JSON string) when launched
+# by `flwr run`, and from this environment variable in a `run_simulation` launch, which
+# passes no run_config (Ray workers inherit the driver's environment).
+RUN_CONFIG_KEY = "fedper-spec"
+SPEC_ENV_VAR = "FEDPER_SPEC"
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every mistake a user can make in an override, caught before any data or Ray work."""
+    from fedper.data import DATASETS
+    from fedper.models import MODELS
+
+    check(
+        cfg.algorithm in ALGORITHMS,
+        f"algorithm={cfg.algorithm} is unknown: use one of {', '.join(ALGORITHMS)}",
+    )
+    check(
+        cfg.model_name in MODELS,
+        f"model_name={cfg.model_name} is unknown: use one of {', '.join(MODELS)}",
+    )
+    check(
+        cfg.dataset.name in DATASETS,
+        f"dataset={cfg.dataset.name} is unknown: use one of {', '.join(sorted(DATASETS))}",
+    )
+    for key in ("num_clients", "num_rounds", "num_epochs", "batch_size", "clients_per_round"):
+        value = OmegaConf.select(cfg, key)
+        check(
+            isinstance(value, int) and value > 0,
+            f"{key}={value} must be a positive whole number",
+        )
+    for key in ("learning_rate",):
+        value = OmegaConf.select(cfg, key)
+        check(isinstance(value, (int, float)) and value > 0, f"{key}={value} must be positive")
+    check(
+        cfg.clients_per_round <= cfg.num_clients,
+        f"clients_per_round={cfg.clients_per_round} is larger than num_clients="
+        f"{cfg.num_clients}: use 1-{cfg.num_clients}",
+    )
+    max_head = MODELS[cfg.model_name].max_head_layers
+    heads = cfg.model.num_head_layers
+    check(
+        isinstance(heads, int) and 1 <= heads <= max_head,
+        f"model.num_head_layers={heads} is out of range for model_name={cfg.model_name}: "
+        f"use 1-{max_head}",
+    )
+    per_client = cfg.dataset.get("num_classes")
+    if per_client is not None:
+        total = cfg.dataset.total_classes
+        check(
+            isinstance(per_client, int) and 1 <= per_client <= total,
+            f"dataset.num_classes={per_client} (classes per client) is out of range for "
+            f"{cfg.dataset.name}: use 1-{total}",
+        )
+    fraction = cfg.dataset.get("fraction")
+    if fraction is not None:
+        check(0 < fraction < 1, f"dataset.fraction={fraction} must lie strictly between 0 and 1")
+    check(
+        isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0,
+        f"finetune_epochs={cfg.finetune_epochs} must be a whole number >= 0",
+    )
+    for key in ("server_device", "client_device"):
+        resolve_device(cfg[key], key)
+    resources = cfg.client_resources
+    cpus = resources.num_cpus
+    check(
+        isinstance(cpus, (int, float)) and 0 < cpus <= (os.cpu_count() or 1),
+        f"client_resources.num_cpus={cpus} must be between 0 and this machine's "
+        f"{os.cpu_count()} CPUs",
+    )
+    resolve_num_gpus(resources.num_gpus)
+
+
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """`auto` means CUDA when present; asking for CUDA without it is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}={name} is not a device: use auto, cpu or cuda[:N]") from None
+    check(
+        device.type != "cuda" or torch.cuda.is_available(),
+        f"{key}={name} but no CUDA device is visible: use {key}=auto or cpu",
+    )
+    return device
+
+
+def resolve_num_gpus(value) -> float:
+    """GPU share per client: `auto` is one GPU each when CUDA is present, else none."""
+    if value == "auto":
+        return 1.0 if torch.cuda.is_available() else 0.0
+    check(
+        isinstance(value, (int, float)) and value >= 0,
+        f"client_resources.num_gpus={value} must be auto or a number >= 0 (0.5 = two per GPU)",
+    )
+    check(
+        value == 0 or torch.cuda.is_available(),
+        f"client_resources.num_gpus={value} but no CUDA device is visible: use 0 or auto",
+    )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The composed config plus the values derived from it for one run."""
+
+    config: dict  # resolved, as composed by Hydra; never rewritten
+    run_id: str
+    run_dir: str
+    state_dir: str  # this run's client heads: <state_dir>/<run_id>/
+    num_gpus: float
+
+    @property
+    def cfg(self) -> DictConfig:
+        return _as_config(json.dumps(self.config, sort_keys=True))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _as_config(text: str) -> DictConfig:
+    cfg = OmegaConf.create(json.loads(text))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def new_run_id() -> str:
+    """Unique even for multirun jobs started in the same second."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def derive_run_spec(cfg: DictConfig, run_dir: str | Path, run_id: str | None = None) -> RunSpec:
+    """The one place where run-time values are derived from the config."""
+    run_id = run_id or new_run_id()
+    return RunSpec(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=run_id,
+        run_dir=str(Path(run_dir).resolve()),
+        state_dir=str((Path(cfg.state_dir) / run_id).resolve()),
+        num_gpus=resolve_num_gpus(cfg.client_resources.num_gpus),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_spec(text: str) -> RunSpec:
+    return RunSpec(**json.loads(text))
+
+
+def spec_from_context(context) -> RunSpec:
+    """What the ServerApp and the ClientApp know of the run, from their Flower Context."""
+    text = context.run_config.get(RUN_CONFIG_KEY) or os.environ.get(SPEC_ENV_VAR)
+    if not text:
+        raise ConfigError(
+            f"no fedper settings: set run_config '{RUN_CONFIG_KEY}' (flwr run) or launch "
+            "through python -m fedper.main"
+        )
+    return _parse_spec(text)

@@ -1,0 +1,87 @@
+"""The base/head split every model is built around; the only place that knows which is which.
+
+A model is a `ModelSplit`: `base` (the first layers, shared by FedPer) followed by `head`
+(the last `num_head_layers` layers, personal). Everything else, what a client sends, what the
+server averages, what is saved on disk, asks the split through `part_state` and `load_parts`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+PARTS = ("base", "head")
+
+
+class ModelSplit(nn.Module):
+    """A network cut into a shared base and a personal head.
+
+    Subclasses set `max_head_layers` and implement `build(num_classes, num_head_layers,
+    **options)` returning the two modules; that is all a new model needs.
+    """
+
+    name: str = ""
+    max_head_layers: int = 1
+
+    def __init__(self, num_classes: int, num_head_layers: int, **options) -> None:
+        super().__init__()
+        if not 1 <= num_head_layers <= self.max_head_layers:
+            raise ValueError(
+                f"model.num_head_layers={num_head_layers} is out of range for {self.name}: "
+                f"use 1-{self.max_head_layers}"
+            )
+        self.num_classes = num_classes
+        self.num_head_layers = num_head_layers
+        self.base, self.head = self.build(num_classes, num_head_layers, **options)
+
+    def build(
+        self, num_classes: int, num_head_layers: int, **options
+    ) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(x))
+
+    def part_keys(self, parts: tuple[str, ...]) -> list[str]:
+        """State-dict keys (parameters and buffers) of the named parts, in model order."""
+        prefixes = tuple(f"{part}." for part in parts)
+        return [key for key in self.state_dict() if key.startswith(prefixes)]
+
+    def part_state(self, parts: tuple[str, ...]) -> OrderedDict[str, torch.Tensor]:
+        """Detached copies of the named parts' parameters and buffers."""
+        state = self.state_dict()
+        return OrderedDict((k, state[k].detach().cpu().clone()) for k in self.part_keys(parts))
+
+    def part_arrays(self, parts: tuple[str, ...]) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict((k, v.numpy()) for k, v in self.part_state(parts).items())
+
+    def load_parts(
+        self, state: dict[str, torch.Tensor | np.ndarray], parts: tuple[str, ...]
+    ) -> None:
+        """Load exactly the named parts; a missing, extra or misshapen entry is an error."""
+        expected = self.state_dict()
+        wanted = set(self.part_keys(parts))
+        if set(state) != wanted:
+            missing = sorted(wanted - set(state))
+            extra = sorted(set(state) - wanted)
+            raise ValueError(
+                f"state does not match parts {parts}: missing {missing[:3]}, extra {extra[:3]}"
+            )
+        with torch.no_grad():
+            for key, value in state.items():
+                tensor = torch.as_tensor(value)
+                if tuple(tensor.shape) != tuple(expected[key].shape):
+                    raise ValueError(
+                        f"{key}: shape {tuple(tensor.shape)} does not fit {tuple(expected[key].shape)}"
+                    )
+                expected[key].copy_(tensor)
+
+    def freeze(self, part: str) -> None:
+        """Stop gradients through one part (fine-tuning a head on a fixed base)."""
+        getattr(self, part).requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        self.requires_grad_(True)
