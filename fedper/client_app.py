@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -107,6 +111,24 @@ def runtime_for(spec: RunSpec) -> ClientRuntime:
     return _RUNTIME
 
 
+class Stopwatch:
+    """Seconds spent per phase of one call, reported to the server with the metrics."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def metrics(self) -> dict[str, float]:
+        return {f"seconds_{phase}": value for phase, value in self.seconds.items()}
+
+
 def client_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
@@ -129,20 +151,32 @@ def train_round(msg: Message, context: Context) -> Message:
     spec = spec_from_context(context)
     cid = client_id(context)
     round_num = int(msg.content["config"]["server-round"])
-    runtime = runtime_for(spec)
-    data = runtime.data(cid)
-    model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num)
-    stats = train(
-        model,
-        data.train_images,
-        data.train_labels,
-        runtime.transform,
-        runtime.settings,
-        runtime.generator(cid, round_num, phase=0),
-    )
-    runtime.save_personal(cid, round_num)
-    metrics = {"num-examples": stats["num_examples"], "train_loss": stats["loss"], "cid": cid}
-    return reply(msg, metrics, runtime.shared_record())
+    clock = Stopwatch()
+    with clock("setup"):
+        runtime = runtime_for(spec)
+    with clock("data"):
+        data = runtime.data(cid)
+    with clock("state"):
+        model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num)
+    with clock("compute"):
+        stats = train(
+            model,
+            data.train_images,
+            data.train_labels,
+            runtime.transform,
+            runtime.settings,
+            runtime.generator(cid, round_num, phase=0),
+        )
+    with clock("state"):
+        runtime.save_personal(cid, round_num)
+        shared = runtime.shared_record()
+    metrics = {
+        "num-examples": stats["num_examples"],
+        "train_loss": stats["loss"],
+        "cid": cid,
+        **clock.metrics(),
+    }
+    return reply(msg, metrics, shared)
 
 
 @app.evaluate()
@@ -150,20 +184,26 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     spec = spec_from_context(context)
     cid = client_id(context)
     round_num = int(msg.content["config"]["server-round"])
-    runtime = runtime_for(spec)
-    data = runtime.data(cid)
-    # the head this client trained in this round (or earlier, if it was not sampled)
-    model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num + 1)
-    if runtime.algorithm.finetune_head and runtime.cfg.finetune_epochs > 0:
-        finetune_head(runtime, model, data, cid, round_num)
-    stats = evaluate(
-        model, data.test_images, data.test_labels, runtime.transform, runtime.cfg.batch_size
-    )
+    clock = Stopwatch()
+    with clock("setup"):
+        runtime = runtime_for(spec)
+    with clock("data"):
+        data = runtime.data(cid)
+    with clock("state"):
+        # the head this client trained in this round (or earlier, if it was not sampled)
+        model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num + 1)
+    with clock("compute"):
+        if runtime.algorithm.finetune_head and runtime.cfg.finetune_epochs > 0:
+            finetune_head(runtime, model, data, cid, round_num)
+        stats = evaluate(
+            model, data.test_images, data.test_labels, runtime.transform, runtime.cfg.batch_size
+        )
     metrics = {
         "num-examples": stats["num_examples"],
         "accuracy": stats["accuracy"],
         "loss": stats["loss"],
         "cid": cid,
+        **clock.metrics(),
     }
     return reply(msg, metrics)
 

@@ -94,29 +94,31 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
         started = time.perf_counter()
         train_messages = list(strategy.configure_train(round_num, arrays, ConfigRecord(), grid))
         train_replies = list(grid.send_and_receive(train_messages))
+        trained_at = time.perf_counter()
         failures = strategy.failures(train_replies, "train")
         trained = client_metrics(train_replies)
         check_enough(cfg, round_num, "train", len(trained), failures)
         aggregated, _ = strategy.aggregate_train(round_num, train_replies)
         if aggregated is not None and algorithm.shared_parts:
             arrays = aggregated
+        aggregated_at = time.perf_counter()
 
         eval_messages = list(strategy.configure_evaluate(round_num, arrays, ConfigRecord(), grid))
         eval_replies = list(grid.send_and_receive(eval_messages))
+        evaluated_at = time.perf_counter()
         failures += strategy.failures(eval_replies, "evaluate")
         evaluated = client_metrics(eval_replies)
         check_enough(cfg, round_num, "evaluate", len(evaluated), failures)
 
         examples = sum(m["num-examples"] for m in trained.values())
+        sent = train_messages + eval_messages
         entry = {
             "round": round_num,
             **summarize_evaluation(evaluated),
             "train_loss": sum(m["train_loss"] * m["num-examples"] for m in trained.values())
             / max(examples, 1),
-            "seconds": time.perf_counter() - started,
-            "bytes_down": sum(
-                record_bytes(m.content["arrays"]) for m in train_messages + eval_messages
-            ),
+            "seconds": evaluated_at - started,
+            "bytes_down": sum(record_bytes(m.content["arrays"]) for m in sent),
             "bytes_up": sum(
                 record_bytes(r.content["arrays"]) for r in train_replies if not r.has_error()
             ),
@@ -133,6 +135,13 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
                 for cid, m in sorted(evaluated.items())
             },
             "failures": failures,
+            "timing": {
+                "train_wall": trained_at - started,
+                "aggregate": aggregated_at - trained_at,
+                "evaluate_wall": evaluated_at - aggregated_at,
+                "train_clients": phase_seconds(trained),
+                "evaluate_clients": phase_seconds(evaluated),
+            },
         }
         save_checkpoint(run_dir, spec.run_id, round_num, arrays)
         results.add(entry)
@@ -149,6 +158,17 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
                 failure["reason"].strip().splitlines()[-1] if failure["reason"].strip() else "",
             )
     return results
+
+
+def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
+    """Seconds the clients spent per phase (setup, data, state, compute), summed."""
+    totals: dict[str, float] = {}
+    for metrics in per_client.values():
+        for key, value in metrics.items():
+            if key.startswith("seconds_"):
+                phase = key.removeprefix("seconds_")
+                totals[phase] = totals.get(phase, 0.0) + float(value)
+    return totals
 
 
 def check_enough(cfg, round_num: int, phase: str, succeeded: int, failures: list[dict]) -> None:

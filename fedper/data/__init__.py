@@ -126,3 +126,6 @@ def _build_cifar(cfg: DictConfig) -> FederatedDataset:
 
 register_dataset("cifar10")(_build_cifar)
 register_dataset("cifar100")(_build_cifar)
+
+import fedper.data.flickr  # noqa: E402, F401  (registers dataset=flickr)
+from fedper.data import synthetic  # noqa: E402, F401  (registers dataset=synthetic)

@@ -1,0 +1,56 @@
+"""Shared test helpers: composed configs and a subprocess run of `python -m fedper.main`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+# tests run offline and quietly
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# a model and run small enough for CPU tests
+TINY = [
+    "model.width_multiplier=0.25",
+    "num_rounds=2",
+    "num_epochs=1",
+    "batch_size=16",
+    "num_clients=4",
+    "clients_per_round=4",
+]
+
+
+def make_config(overrides: list[str] = (), config_name: str = "base") -> DictConfig:
+    """The config Hydra composes from conf/ for these overrides."""
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose(config_name, overrides=list(overrides))
+
+
+def run_main(
+    workdir: Path, overrides: list[str], run_dir: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m fedper.main` in `workdir` (datasets/ and client_states/ land there)."""
+    args = [sys.executable, "-m", "fedper.main", *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    return subprocess.run(
+        args, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

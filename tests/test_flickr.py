@@ -1,0 +1,260 @@
+"""FLICKR-AES on a miniature copy written in the real layout: workers, seeds, splits, errors, a run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_config, read_results, run_main
+from PIL import Image
+
+from fedper.config import validate_config
+from fedper.data import prepare_dataset
+from fedper.data.flickr import (
+    IMAGE_DIR,
+    RATINGS_FILE,
+    SCORES_FILE,
+    eligible_workers,
+    read_ratings,
+)
+from fedper.errors import ConfigError, DatasetNotFoundError
+
+NUM_PHOTOS = 80
+# rated-photo counts per worker; with the bounds below (more than 8, fewer than 15) the
+# first eight are eligible and the rest sit on or beyond the bounds
+ELIGIBLE_COUNTS = [9, 10, 11, 12, 12, 13, 14, 14]
+INELIGIBLE_COUNTS = [8, 15, 3, 30, 5, 20]
+MINI_BOUNDS = ["dataset.min_images=8", "dataset.max_images=15"]
+
+
+def write_mini_flickr(data_dir: Path, seed: int = 0) -> dict[str, dict[str, int]]:
+    """A miniature FLICKR-AES under `data_dir/flickr/` in the published layout.
+
+    Real 16x16 JPEGs in 40K/, the per-worker CSV with its spaced header (rows shuffled, so
+    nothing can rely on file order) and the mean-score file. Returns worker -> photo -> score.
+    Even-numbered workers give every score 1-5 in turn; odd ones only 2-4.
+    """
+    rng = np.random.default_rng(seed)
+    root = data_dir / "flickr"
+    (root / IMAGE_DIR).mkdir(parents=True)
+    photos = [f"farm{i % 3 + 1}_{1000 + i}_{i:04d}abcd_b.jpg" for i in range(NUM_PHOTOS)]
+    for name in photos:
+        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / IMAGE_DIR / name, quality=90)
+
+    ratings: dict[str, dict[str, int]] = {}
+    for k, count in enumerate(ELIGIBLE_COUNTS + INELIGIBLE_COUNTS):
+        worker = f"A{k * 7919 % 997:03d}W{k:02d}"
+        rated = rng.choice(photos, size=count, replace=False)
+        if k % 2 == 0:
+            scores = [1 + i % 5 for i in range(count)]
+        else:
+            scores = rng.integers(2, 5, size=count).tolist()
+        ratings[worker] = dict(zip(rated.tolist(), scores, strict=True))
+
+    rows = [(w, p, s) for w, given in ratings.items() for p, s in given.items()]
+    order = rng.permutation(len(rows))
+    lines = ["worker, imagePair, score"] + [", ".join(map(str, rows[i])) for i in order]
+    (root / RATINGS_FILE).write_text("\n".join(lines) + "\n")
+    means = {p: np.mean([g[p] for g in ratings.values() if p in g] or [3]) for p in photos}
+    (root / SCORES_FILE).write_text("".join(f"{p} {m:.4f}\n" for p, m in means.items()))
+    return ratings
+
+
+def eligible_truth(ratings: dict[str, dict[str, int]]) -> list[str]:
+    return sorted(w for w, given in ratings.items() if 8 < len(given) < 15)
+
+
+def mini_config(data_dir: Path, num_clients: int = 5, seed: int = 1, extra: list[str] = ()):
+    return make_config(
+        [
+            f"data_dir={data_dir}",
+            f"num_clients={num_clients}",
+            f"clients_per_round={num_clients}",
+            f"seed={seed}",
+            "dataset.image_size=16",
+            *MINI_BOUNDS,
+            *extra,
+        ],
+        config_name="flickr",
+    )
+
+
+@pytest.fixture
+def mini(tmp_path: Path) -> tuple[Path, dict[str, dict[str, int]]]:
+    data_dir = tmp_path / "datasets"
+    return data_dir, write_mini_flickr(data_dir)
+
+
+def splits(dataset) -> list[tuple]:
+    return [
+        (c.info["worker"], c.train_indices.tolist(), c.test_indices.tolist())
+        for c in dataset.clients
+    ]
+
+
+def test_preset_keeps_the_paper_settings_and_command_line_overrides():
+    cfg = make_config([], config_name="flickr")
+    validate_config(cfg)
+    assert cfg.dataset.name == "flickr" and cfg.dataset.total_classes == 5
+    assert "num_classes" not in cfg.dataset
+    assert (cfg.num_clients, cfg.clients_per_round, cfg.batch_size, cfg.num_rounds) == (
+        30,
+        30,
+        4,
+        35,
+    )
+    assert (cfg.dataset.min_images, cfg.dataset.max_images, cfg.dataset.min_per_score) == (
+        60,
+        290,
+        0,
+    )
+    assert make_config(["batch_size=8"], config_name="flickr").batch_size == 8
+
+
+def test_workers_are_chosen_by_exclusive_bounds_and_optional_score_filter(mini):
+    data_dir, truth = mini
+    ratings = read_ratings(data_dir / "flickr" / RATINGS_FILE)
+    assert len(ratings) == sum(len(g) for g in truth.values())
+    assert eligible_workers(ratings, 8, 15, 0) == eligible_truth(truth)
+    every_score_twice = sorted(
+        w
+        for w in eligible_truth(truth)
+        if all(list(truth[w].values()).count(s) >= 2 for s in range(1, 6))
+    )
+    assert every_score_twice and every_score_twice != eligible_truth(truth)
+    assert eligible_workers(ratings, 8, 15, 2) == every_score_twice
+
+
+def test_draw_and_splits_follow_the_seed(mini):
+    data_dir, truth = mini
+    first = prepare_dataset(mini_config(data_dir, seed=1))  # decodes the pool
+    again = prepare_dataset(mini_config(data_dir, seed=1))  # reads it from the cache
+    other = prepare_dataset(mini_config(data_dir, seed=2))
+    assert splits(first) == splits(again)
+    for a, b in zip(first.clients, again.clients, strict=True):
+        assert np.array_equal(a.train_labels, b.train_labels)
+    workers = [c.info["worker"] for c in first.clients]
+    assert len(set(workers)) == 5 and set(workers) <= set(eligible_truth(truth))
+    assert workers != [c.info["worker"] for c in other.clients]
+    # every seed draws from the same eligible workers, so all share one decoded pool
+    assert first.pool_path == other.pool_path
+    assert len(list((data_dir / "flickr" / "cache").glob("*.npy"))) == 1
+
+
+def test_each_client_has_its_own_scores_and_disjoint_stratified_splits(mini):
+    data_dir, truth = mini
+    dataset = prepare_dataset(mini_config(data_dir, num_clients=8))
+    names = sorted({p for w in eligible_truth(truth) for p in truth[w]})
+    pool = np.load(dataset.pool_path, mmap_mode="r")
+    assert pool.shape == (len(names), 16, 16, 3) and pool.dtype == np.uint8
+    for client in dataset.clients:
+        given = truth[client.info["worker"]]
+        train, test = set(client.train_indices.tolist()), set(client.test_indices.tolist())
+        assert not train & test
+        assert {names[row] for row in train | test} == set(given)
+        for rows, labels in (
+            (client.train_indices, client.train_labels),
+            (client.test_indices, client.test_labels),
+        ):
+            assert [given[names[r]] - 1 for r in rows] == labels.tolist()
+        histogram = np.bincount(list(given.values()), minlength=6)[1:].tolist()
+        assert client.info["score_histogram"] == histogram
+        for score in range(5):
+            if histogram[score] >= 2:  # stratified: on both sides whenever possible
+                assert score in client.train_labels and score in client.test_labels
+    summary = dataset.summary()
+    assert all({"worker", "score_histogram", "num_train", "num_test"} <= set(s) for s in summary)
+
+
+def test_unreadable_and_missing_photos_are_skipped_and_reported_once(mini, caplog):
+    data_dir, truth = mini
+    eligible = eligible_truth(truth)
+    rated = sorted({p for w in eligible for p in truth[w]})
+    corrupt, missing = rated[3], rated[10]
+    (data_dir / "flickr" / IMAGE_DIR / corrupt).write_bytes(b"not a jpeg at all" * 20)
+    (data_dir / "flickr" / IMAGE_DIR / missing).unlink()
+
+    for _ in range(2):  # the second build reads the cache and must report the same
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fedper"):
+            dataset = prepare_dataset(mini_config(data_dir, num_clients=8))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "skipped 2 unreadable or missing photos" in warnings[0]
+        assert corrupt in warnings[0] or missing in warnings[0]
+        for client in dataset.clients:
+            given = truth[client.info["worker"]]
+            readable = [p for p in given if p not in (corrupt, missing)]
+            assert len(client.train_indices) + len(client.test_indices) == len(readable)
+            assert sum(client.info["score_histogram"]) == len(readable)
+
+
+@pytest.mark.parametrize("missing", [IMAGE_DIR, RATINGS_FILE, SCORES_FILE])
+def test_missing_files_say_what_to_download_and_where(mini, missing):
+    data_dir, _ = mini
+    path = data_dir / "flickr" / missing
+    if path.is_dir():
+        for photo in path.iterdir():
+            photo.unlink()
+        path.rmdir()
+    else:
+        path.unlink()
+    with pytest.raises(DatasetNotFoundError) as error:
+        prepare_dataset(mini_config(data_dir))
+    message = str(error.value)
+    assert missing in message
+    for hint in ("FLICKR-AES-001.zip", "github.com/alanspike", "dataset=digits"):
+        assert hint in message
+    assert not (data_dir / "flickr" / "cache").exists()  # nothing decoded before the check
+
+
+def test_missing_dataset_stops_the_run_before_ray(tmp_path: Path):
+    result = run_main(
+        tmp_path, ["--config-name", "flickr", f"data_dir={tmp_path / 'nowhere'}"], timeout=120
+    )
+    assert result.returncode == 2
+    assert "FLICKR-AES not found" in result.stderr and "dataset=digits" in result.stderr
+
+
+def test_too_few_eligible_workers_names_both_numbers(mini):
+    data_dir, _ = mini
+    with pytest.raises(ConfigError, match=r"num_clients=9 but only 8 FLICKR-AES workers"):
+        prepare_dataset(mini_config(data_dir, num_clients=9))
+    with pytest.raises(ConfigError, match=r"dataset.min_images=20"):
+        prepare_dataset(mini_config(data_dir, extra=["dataset.min_images=20"]))
+
+
+def test_two_rounds_through_ray(mini, tmp_path: Path):
+    data_dir, truth = mini
+    run_dir = tmp_path / "run"
+    result = run_main(
+        tmp_path,
+        [
+            "--config-name",
+            "flickr",
+            f"data_dir={data_dir}",
+            f"state_dir={tmp_path / 'client_states'}",
+            "num_rounds=2",
+            "num_epochs=1",
+            "num_clients=4",
+            "clients_per_round=4",
+            "model.width_multiplier=0.25",
+            "dataset.image_size=32",
+            *MINI_BOUNDS,
+        ],
+        run_dir=run_dir,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = read_results(run_dir)
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rounds"])
+    partition = results["partition"]
+    assert len(partition) == 4
+    for client in partition:
+        assert client["worker"] in eligible_truth(truth)
+        assert sum(client["score_histogram"]) == client["num_train"] + client["num_test"]
+    assert results["config"]["batch_size"] == 4 and results["config"]["dataset"]["name"] == "flickr"
