@@ -133,6 +133,17 @@ def client_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def injected_fault(cfg, cid: int, round_num: int, phase: str) -> None:
+    """The test-only `debug.fail_*` hook: raise where a real client could fail (OOM, bad file)."""
+    debug = cfg.get("debug") or {}
+    if (debug.get("fail_client"), debug.get("fail_round"), debug.get("fail_phase")) == (
+        cid,
+        round_num,
+        phase,
+    ):
+        raise RuntimeError(f"injected failure of client {cid} in round {round_num} {phase}")
+
+
 def reply(msg: Message, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
@@ -154,6 +165,7 @@ def train_round(msg: Message, context: Context) -> Message:
     clock = Stopwatch()
     with clock("setup"):
         runtime = runtime_for(spec)
+    injected_fault(runtime.cfg, cid, round_num, "train")
     with clock("data"):
         data = runtime.data(cid)
     with clock("state"):
@@ -187,6 +199,7 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     clock = Stopwatch()
     with clock("setup"):
         runtime = runtime_for(spec)
+    injected_fault(runtime.cfg, cid, round_num, "evaluate")
     with clock("data"):
         data = runtime.data(cid)
     with clock("state"):

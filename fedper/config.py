@@ -59,6 +59,12 @@ def validate_config(cfg: DictConfig) -> None:
         f"clients_per_round={cfg.clients_per_round} is larger than num_clients="
         f"{cfg.num_clients}: use 1-{cfg.num_clients}",
     )
+    check(
+        isinstance(cfg.min_successful_clients, int)
+        and 1 <= cfg.min_successful_clients <= cfg.clients_per_round,
+        f"min_successful_clients={cfg.min_successful_clients} must lie in "
+        f"1-{cfg.clients_per_round} (clients_per_round)",
+    )
     max_head = MODELS[cfg.model_name].max_head_layers
     heads = cfg.model.num_head_layers
     check(

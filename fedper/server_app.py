@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,27 @@ from fedper.strategy import FedPerStrategy, client_metrics, record_bytes, summar
 log = logging.getLogger("fedper")
 app = ServerApp()
 CHECKPOINT = "checkpoint.pt"
+# Set by the driver on Ctrl-C/SIGTERM: the round loop stops at its next exchange with clients.
+STOP = threading.Event()
+
+
+class RunInterrupted(FedPerError):
+    """The run was asked to stop; every completed round is saved."""
+
+
+def exchange(grid: Grid, messages: list[Message], poll: float = 0.02) -> list[Message]:
+    """Grid.send_and_receive, but giving up as soon as the run is asked to stop."""
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    while pending:
+        if STOP.is_set():
+            raise RunInterrupted("stopped while waiting for clients")
+        received = list(grid.pull_messages(pending))
+        replies += received
+        pending -= {msg.metadata.reply_to_message_id for msg in received}
+        if pending:
+            time.sleep(poll)
+    return replies
 
 
 @app.main()
@@ -40,7 +62,7 @@ def discover_clients(grid: Grid, num_clients: int, timeout: float = 600) -> dict
         for node in node_ids
     ]
     mapping = {}
-    for msg in grid.send_and_receive(messages):
+    for msg in exchange(grid, messages):
         if msg.has_error():
             raise FedPerError(f"a client failed to start: {msg.error.reason}")
         mapping[int(msg.content["metrics"]["cid"])] = msg.metadata.src_node_id
@@ -93,7 +115,7 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
         train_messages = list(strategy.configure_train(round_num, arrays, ConfigRecord(), grid))
-        train_replies = list(grid.send_and_receive(train_messages))
+        train_replies = exchange(grid, train_messages)
         trained_at = time.perf_counter()
         failures = strategy.failures(train_replies, "train")
         trained = client_metrics(train_replies)
@@ -102,9 +124,14 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
         if aggregated is not None and algorithm.shared_parts:
             arrays = aggregated
         aggregated_at = time.perf_counter()
+        bytes_up = sum(
+            record_bytes(r.content["arrays"]) for r in train_replies if not r.has_error()
+        )
+        # every reply holds a client's shared part: free them before the next phase fills up
+        del train_replies
 
         eval_messages = list(strategy.configure_evaluate(round_num, arrays, ConfigRecord(), grid))
-        eval_replies = list(grid.send_and_receive(eval_messages))
+        eval_replies = exchange(grid, eval_messages)
         evaluated_at = time.perf_counter()
         failures += strategy.failures(eval_replies, "evaluate")
         evaluated = client_metrics(eval_replies)
@@ -119,9 +146,7 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
             / max(examples, 1),
             "seconds": evaluated_at - started,
             "bytes_down": sum(record_bytes(m.content["arrays"]) for m in sent),
-            "bytes_up": sum(
-                record_bytes(r.content["arrays"]) for r in train_replies if not r.has_error()
-            ),
+            "bytes_up": bytes_up,
             "clients_ok": len(evaluated),
             "clients_failed": len(failures),
             "trained_clients": sorted(trained),
@@ -143,8 +168,9 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
                 "evaluate_clients": phase_seconds(evaluated),
             },
         }
-        save_checkpoint(run_dir, spec.run_id, round_num, arrays)
+        # results first: a crash between the two reruns this round, with identical numbers
         results.add(entry)
+        save_checkpoint(run_dir, spec.run_id, round_num, arrays)
         log.info(
             "round %d/%d  accuracy %.3f (min %.3f)  loss %.3f  %.1f s%s",
             round_num, cfg.num_rounds, entry["accuracy"], entry["accuracy_min"], entry["loss"],
@@ -152,10 +178,7 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
         )  # fmt: skip
         for failure in failures:
             log.warning(
-                "  client %s failed in %s: %s",
-                failure["cid"],
-                failure["phase"],
-                failure["reason"].strip().splitlines()[-1] if failure["reason"].strip() else "",
+                "  client %s failed in %s: %s", failure["cid"], failure["phase"], failure["reason"]
             )
     return results
 
@@ -174,9 +197,7 @@ def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
 def check_enough(cfg, round_num: int, phase: str, succeeded: int, failures: list[dict]) -> None:
     """A round goes on with the clients that succeeded, down to `min_successful_clients`."""
     if succeeded < cfg.min_successful_clients:
-        detail = "; ".join(
-            f"client {f['cid']}: {f['reason'].strip().splitlines()[-1]}" for f in failures[:3]
-        )
+        detail = "; ".join(f"client {f['cid']}: {f['reason']}" for f in failures[:3])
         raise FedPerError(
             f"round {round_num} {phase}: only {succeeded} client(s) succeeded, fewer than "
             f"min_successful_clients={cfg.min_successful_clients} ({detail})"

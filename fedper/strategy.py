@@ -67,17 +67,36 @@ class FedPerStrategy(FedAvg):
         config["server-round"] = server_round
         return self._messages(sorted(self.node_of_client), arrays, config, MessageType.EVALUATE)
 
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg over the replies in client order: float sums depend on their order, and
+        replies arrive in whatever order the workers finish, so a rerun would drift."""
+        ordered = sorted(
+            replies, key=lambda msg: self.client_of_node.get(msg.metadata.src_node_id, -1)
+        )
+        return super().aggregate_train(server_round, ordered)
+
     def failures(self, replies: list[Message], phase: str) -> list[dict]:
         """Clients whose reply carries an error instead of results."""
         return [
             {
                 "cid": self.client_of_node.get(msg.metadata.src_node_id, -1),
                 "phase": phase,
-                "reason": msg.error.reason,
+                "reason": failure_reason(msg.error.reason),
             }
             for msg in replies
             if msg.has_error()
         ]
+
+
+def failure_reason(text: str) -> str:
+    """The client's own exception message out of the Ray/Flower traceback around it."""
+    marker = "Message: "
+    if marker in text:
+        text = text[text.rindex(marker) + len(marker) :]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "unknown error").rstrip("'>").strip()
 
 
 def client_metrics(replies: list[Message]) -> dict[int, dict]:
