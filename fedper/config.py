@@ -28,6 +28,14 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_range(key: str, value, low: int, high: int, context: str = "") -> None:
+    """A whole number in low..high, or an error naming the key, the value and the range."""
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+        f"{key}={value} is out of range{context}: use {low}-{high}",
+    )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work."""
     from fedper.data import DATASETS
@@ -54,32 +62,16 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("learning_rate",):
         value = OmegaConf.select(cfg, key)
         check(isinstance(value, (int, float)) and value > 0, f"{key}={value} must be positive")
-    check(
-        cfg.clients_per_round <= cfg.num_clients,
-        f"clients_per_round={cfg.clients_per_round} is larger than num_clients="
-        f"{cfg.num_clients}: use 1-{cfg.num_clients}",
-    )
-    check(
-        isinstance(cfg.min_successful_clients, int)
-        and 1 <= cfg.min_successful_clients <= cfg.clients_per_round,
-        f"min_successful_clients={cfg.min_successful_clients} must lie in "
-        f"1-{cfg.clients_per_round} (clients_per_round)",
-    )
-    max_head = MODELS[cfg.model_name].max_head_layers
-    heads = cfg.model.num_head_layers
-    check(
-        isinstance(heads, int) and 1 <= heads <= max_head,
-        f"model.num_head_layers={heads} is out of range for model_name={cfg.model_name}: "
-        f"use 1-{max_head}",
-    )
+    check_range("clients_per_round", cfg.clients_per_round, 1, cfg.num_clients,
+                f" for num_clients={cfg.num_clients}")  # fmt: skip
+    check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
+                f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
+    check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
+                MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
     per_client = cfg.dataset.get("num_classes")
     if per_client is not None:
-        total = cfg.dataset.total_classes
-        check(
-            isinstance(per_client, int) and 1 <= per_client <= total,
-            f"dataset.num_classes={per_client} (classes per client) is out of range for "
-            f"{cfg.dataset.name}: use 1-{total}",
-        )
+        check_range("dataset.num_classes", per_client, 1, cfg.dataset.total_classes,
+                    f" (classes per client) for {cfg.dataset.name}")  # fmt: skip
     fraction = cfg.dataset.get("fraction")
     if fraction is not None:
         check(0 < fraction < 1, f"dataset.fraction={fraction} must lie strictly between 0 and 1")
