@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedper.algorithms import ALGORITHMS, Algorithm
 from fedper.client_state import ClientStateStore
-from fedper.config import RunSpec, resolve_device, spec_from_context
+from fedper.config import RunSpec, resolve_device, resolve_performance, spec_from_context
 from fedper.data import ClientData, FederatedDataset, load_client_data
 from fedper.data.transforms import BatchTransform
 from fedper.errors import StateFileError
@@ -35,8 +35,12 @@ class ClientRuntime:
         self.cfg = cfg
         self.algorithm: Algorithm = ALGORITHMS[cfg.algorithm]
         self.device = resolve_device(cfg.client_device, "client_device")
+        self.performance = perf = resolve_performance(cfg, self.device)
         torch.set_num_threads(max(1, int(cfg.client_resources.num_cpus)))
+        torch.backends.cudnn.benchmark = perf.cudnn_benchmark
         self.model: ModelSplit = build_model(cfg).to(self.device)
+        if perf.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.dataset = FederatedDataset.load(spec.run_dir)
         self.store = ClientStateStore(spec.state_dir)
         augment = cfg.dataset.get("augment") or {}
@@ -46,6 +50,7 @@ class ClientRuntime:
             self.dataset.std,
             crop_padding=augment.get("crop_padding", 0),
             flip=augment.get("flip", False),
+            channels_last=perf.channels_last,
         )
         self.settings = TrainSettings(
             epochs=cfg.num_epochs,
@@ -53,13 +58,14 @@ class ClientRuntime:
             learning_rate=cfg.learning_rate,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
+            autocast_dtype=perf.autocast_dtype,
         )
         self._data: dict[int, ClientData] = {}
         self._initial: dict[str, torch.Tensor] | None = None
 
     def data(self, cid: int) -> ClientData:
         if cid not in self._data:
-            self._data[cid] = load_client_data(self.dataset, cid, self.device)
+            self._data[cid] = load_client_data(self.dataset, cid, self.performance.data_device)
         return self._data[cid]
 
     def generator(self, cid: int, round_num: int, phase: int) -> torch.Generator:
@@ -209,7 +215,12 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         if runtime.algorithm.finetune_head and runtime.cfg.finetune_epochs > 0:
             finetune_head(runtime, model, data, cid, round_num)
         stats = evaluate(
-            model, data.test_images, data.test_labels, runtime.transform, runtime.cfg.batch_size
+            model,
+            data.test_images,
+            data.test_labels,
+            runtime.transform,
+            runtime.cfg.batch_size,
+            runtime.settings.autocast_dtype,
         )
     metrics = {
         "num-examples": stats["num_examples"],

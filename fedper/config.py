@@ -79,6 +79,15 @@ def validate_config(cfg: DictConfig) -> None:
         isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0,
         f"finetune_epochs={cfg.finetune_epochs} must be a whole number >= 0",
     )
+    perf = cfg.performance
+    check(
+        perf.autocast in ("auto", "bf16", "off"),
+        f"performance.autocast={perf.autocast} is unknown: use auto, bf16 or off",
+    )
+    check(
+        perf.channels_last in ("auto", True, False),
+        f"performance.channels_last={perf.channels_last} is unknown: use auto, true or false",
+    )
     for key in ("server_device", "client_device"):
         resolve_device(cfg[key], key)
     resources = cfg.client_resources
@@ -119,6 +128,34 @@ def resolve_num_gpus(value) -> float:
         f"client_resources.num_gpus={value} but no CUDA device is visible: use 0 or auto",
     )
     return float(value)
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The GPU-path switches, resolved for one training device."""
+
+    data_device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    cudnn_benchmark: bool
+
+
+def resolve_performance(cfg: DictConfig, device: torch.device) -> Performance:
+    """`auto` means on when training on CUDA, off on the CPU."""
+    perf = cfg.performance
+    on_cuda = device.type == "cuda"
+    if perf.autocast == "auto":
+        bf16 = on_cuda and torch.cuda.is_bf16_supported()
+        autocast_dtype = torch.bfloat16 if bf16 else None
+    else:
+        autocast_dtype = torch.bfloat16 if perf.autocast == "bf16" else None
+    channels_last = on_cuda if perf.channels_last == "auto" else bool(perf.channels_last)
+    return Performance(
+        data_device=device if perf.data_on_device else torch.device("cpu"),
+        autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
+        cudnn_benchmark=on_cuda and bool(perf.cudnn_benchmark),
+    )
 
 
 @dataclass(frozen=True)

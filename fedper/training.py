@@ -24,7 +24,7 @@ class TrainSettings:
     learning_rate: float
     momentum: float = 0.9
     weight_decay: float = 0.0
-    autocast_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA; None = fp32
+    autocast_dtype: torch.dtype | None = None  # mixed precision (bf16); None = fp32
 
 
 def batch_slices(num_examples: int, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -46,9 +46,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or device.type != "cuda":
+    """Mixed precision on the model's device type, or nothing when `dtype` is None."""
+    if dtype is None:
         return nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def train(
@@ -84,9 +85,9 @@ def train(
     for _ in range(settings.epochs):
         order = torch.randperm(num, generator=generator).to(images.device)
         for idx in batch_slices(num, settings.batch_size, order):
-            x = transform(images[idx], train=True, generator=generator).to(
-                device, non_blocking=True
-            )
+            # uint8 crosses to the device (4x less than float), then it is prepared there
+            batch = images[idx].to(device, non_blocking=True)
+            x = transform(batch, train=True, generator=generator)
             y = labels[idx].to(device, non_blocking=True)
             with autocast(device, settings.autocast_dtype):
                 loss = F.cross_entropy(model(x), y)
@@ -113,7 +114,7 @@ def evaluate(
     loss_sum, correct = 0.0, 0
     num = len(labels)
     for start in range(0, num, batch_size):
-        x = transform(images[start : start + batch_size], train=False).to(device)
+        x = transform(images[start : start + batch_size].to(device), train=False)
         y = labels[start : start + batch_size].to(device)
         with autocast(device, autocast_dtype):
             logits = model(x)
