@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -163,61 +164,73 @@ def introduce(msg: Message, context: Context) -> Message:
     return reply(msg, {"cid": client_id(context)})
 
 
-@app.train()
-def train_round(msg: Message, context: Context) -> Message:
+@dataclass
+class Call:
+    """One train or evaluate call: the client, the round, and what it works with."""
+
+    cid: int
+    round_num: int
+    runtime: ClientRuntime
+    data: ClientData
+    model: ModelSplit
+    clock: Stopwatch
+
+
+def begin(msg: Message, context: Context, phase: str) -> Call:
+    """What both handlers do first: find the run and the client, load its data and model."""
     spec = spec_from_context(context)
     cid = client_id(context)
     round_num = int(msg.content["config"]["server-round"])
     clock = Stopwatch()
     with clock("setup"):
         runtime = runtime_for(spec)
-    injected_fault(runtime.cfg, cid, round_num, "train")
+    injected_fault(runtime.cfg, cid, round_num, phase)
     with clock("data"):
         data = runtime.data(cid)
+    # training starts from the head of an earlier round; evaluation uses the head trained in
+    # this round (or earlier, if the client was not sampled)
+    before_round = round_num if phase == "train" else round_num + 1
     with clock("state"):
-        model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num)
-    with clock("compute"):
+        model = runtime.prepare_model(cid, msg.content["arrays"], before_round)
+    return Call(cid, round_num, runtime, data, model, clock)
+
+
+@app.train()
+def train_round(msg: Message, context: Context) -> Message:
+    call = begin(msg, context, "train")
+    runtime = call.runtime
+    with call.clock("compute"):
         stats = train(
-            model,
-            data.train_images,
-            data.train_labels,
+            call.model,
+            call.data.train_images,
+            call.data.train_labels,
             runtime.transform,
             runtime.settings,
-            runtime.generator(cid, round_num, phase=0),
+            runtime.generator(call.cid, call.round_num, phase=0),
         )
-    with clock("state"):
-        runtime.save_personal(cid, round_num)
+    with call.clock("state"):
+        runtime.save_personal(call.cid, call.round_num)
         shared = runtime.shared_record()
     metrics = {
         "num-examples": stats["num_examples"],
         "train_loss": stats["loss"],
-        "cid": cid,
-        **clock.metrics(),
+        "cid": call.cid,
+        **call.clock.metrics(),
     }
     return reply(msg, metrics, shared)
 
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
-    spec = spec_from_context(context)
-    cid = client_id(context)
-    round_num = int(msg.content["config"]["server-round"])
-    clock = Stopwatch()
-    with clock("setup"):
-        runtime = runtime_for(spec)
-    injected_fault(runtime.cfg, cid, round_num, "evaluate")
-    with clock("data"):
-        data = runtime.data(cid)
-    with clock("state"):
-        # the head this client trained in this round (or earlier, if it was not sampled)
-        model = runtime.prepare_model(cid, msg.content["arrays"], before_round=round_num + 1)
-    with clock("compute"):
+    call = begin(msg, context, "evaluate")
+    runtime = call.runtime
+    with call.clock("compute"):
         if runtime.algorithm.finetune_head and runtime.cfg.finetune_epochs > 0:
-            finetune_head(runtime, model, data, cid, round_num)
+            finetune_head(runtime, call.model, call.data, call.cid, call.round_num)
         stats = evaluate(
-            model,
-            data.test_images,
-            data.test_labels,
+            call.model,
+            call.data.test_images,
+            call.data.test_labels,
             runtime.transform,
             runtime.cfg.batch_size,
             runtime.settings.autocast_dtype,
@@ -226,8 +239,8 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         "num-examples": stats["num_examples"],
         "accuracy": stats["accuracy"],
         "loss": stats["loss"],
-        "cid": cid,
-        **clock.metrics(),
+        "cid": call.cid,
+        **call.clock.metrics(),
     }
     return reply(msg, metrics)
 
