@@ -46,8 +46,9 @@ class ClientStateStore:
 
     def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
         """The newest head saved in a round before `before_round`; None if there is none."""
-        usable = [r for r in self.versions(cid) if r < before_round]
-        return self.versions(cid)[max(usable)] if usable else None
+        versions = self.versions(cid)  # one read of the file
+        usable = [r for r in versions if r < before_round]
+        return versions[max(usable)] if usable else None
 
     def versions(self, cid: int) -> dict[int, dict[str, torch.Tensor]]:
         path = self.path(cid)

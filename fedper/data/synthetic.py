@@ -22,7 +22,9 @@ from fedper.errors import ConfigError
 GENERATOR_VERSION = 1
 NUM_WAVES = 3
 MAX_FREQUENCY = 3  # cycles per image: smooth patterns a 32 px network still resolves
-CHUNK = 4096  # images generated at once: bounds the float32 temporaries to ~50 MB
+# Images generated at once: keeps the float32 temporaries near 12 MB each. Part of the
+# generator: the random draws are taken chunk by chunk, so changing it changes the images.
+CHUNK = 1024
 NOISE = 1.5  # pixel noise relative to the unit-variance class pattern
 
 

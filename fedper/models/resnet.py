@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet34
 
 from fedper.models.split import ModelSplit
 
@@ -19,6 +18,9 @@ class ResNet34(ModelSplit):
     max_head_layers = 3
 
     def build(self, num_classes: int, num_head_layers: int, **_):
+        # imported here: torchvision costs ~170 MB per process, and MobileNet runs never need it
+        from torchvision.models import resnet34
+
         net = resnet34(weights=None, num_classes=num_classes)
         layer4 = list(net.layer4.children())
         cut = len(layer4) - (num_head_layers - 1)
