@@ -34,7 +34,7 @@ IGNORED_KEYS = frozenset(
         "client_device",
     }
 )
-IGNORED_PREFIXES = ("client_resources.",)
+IGNORED_PREFIXES = ("client_resources.", "performance.")  # hardware choices, not settings
 # Always in the summary table, even when every run shares the value, so a table read on its
 # own says what was run.
 CORE_KEYS = (

@@ -178,3 +178,13 @@ def test_no_results_is_a_one_line_error(tmp_path: Path, where: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedper.plot: error:")
     assert str(folder) in lines[0]
+
+
+def test_hardware_switches_do_not_split_a_setting():
+    """Devices, resources and performance switches are how a run ran, not what it measured."""
+    from fedper.plot import setting_of
+
+    with_switches = {"algorithm": "fedper", "seed": 42, "performance": {"autocast": "auto"},
+                     "client_resources": {"num_cpus": 1}, "server_device": "auto"}  # fmt: skip
+    without = {"algorithm": "fedper", "seed": 43}
+    assert setting_of(with_switches) == setting_of(without) == {"algorithm": "fedper"}
