@@ -32,7 +32,7 @@ class Interrupted(FedPerError):
     """Ctrl-C or SIGTERM: files are consistent and the run can be resumed."""
 
 
-def errors_only(record: logging.LogRecord) -> bool:
+def critical_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.CRITICAL
 
 
@@ -44,8 +44,8 @@ def quiet_frameworks() -> None:
     """
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False
-    if errors_only not in flwr_logger.filters:
-        flwr_logger.addFilter(errors_only)
+    if critical_only not in flwr_logger.filters:
+        flwr_logger.addFilter(critical_only)
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower's link state
 

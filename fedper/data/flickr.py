@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data import dataset_root, register_dataset
-from fedper.data.federated import ClientSplit, FederatedDataset
+from fedper.data.federated import ClientSplit, FederatedDataset, channel_stats
 from fedper.data.partition import split_train_test
 from fedper.errors import ConfigError, DatasetNotFoundError
 
@@ -197,22 +197,6 @@ def cached_photo_pool(
     return pool_path, set(unreadable)
 
 
-def measured_stats(
-    pool_path: Path, rows: np.ndarray, chunk: int = 256
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0-1 scale) over `rows` of the pool, a chunk at a time."""
-    pool = np.load(pool_path, mmap_mode="r")
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    for start in range(0, len(rows), chunk):
-        pixels = pool[rows[start : start + chunk]].reshape(-1, 3).astype(np.float64) / 255.0
-        total += pixels.sum(axis=0)
-        squares += (pixels**2).sum(axis=0)
-    count = len(rows) * pool.shape[1] * pool.shape[2]
-    mean = total / count
-    return mean.tolist(), np.sqrt(np.maximum(squares / count - mean**2, 0.0)).tolist()
-
-
 def split_client(
     rows: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -286,7 +270,7 @@ def build_flickr(cfg: DictConfig) -> FederatedDataset:
 
     if ds.mean is None or ds.std is None:
         used = np.unique(np.concatenate([c.train_indices for c in clients]))
-        mean, std = measured_stats(pool_path, used)
+        mean, std = channel_stats(np.load(pool_path, mmap_mode="r"), used)
     else:
         mean, std = list(ds.mean), list(ds.std)
     return FederatedDataset(ds.name, pool_path, ds.total_classes, mean, std, clients)

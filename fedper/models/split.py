@@ -55,9 +55,6 @@ class ModelSplit(nn.Module):
         state = self.state_dict()
         return OrderedDict((k, state[k].detach().cpu().clone()) for k in self.part_keys(parts))
 
-    def part_arrays(self, parts: tuple[str, ...]) -> OrderedDict[str, np.ndarray]:
-        return OrderedDict((k, v.numpy()) for k, v in self.part_state(parts).items())
-
     def load_parts(
         self, state: dict[str, torch.Tensor | np.ndarray], parts: tuple[str, ...]
     ) -> None:
