@@ -8,7 +8,12 @@ set -euo pipefail
 # The `make demo` preset (conf/experiment/digits_demo.yaml: 64 px, MobileNet width 0.25,
 # 1 local epoch, batch 16, chosen by measurement); change them here and only here.
 QUICK_OVERRIDES=(experiment=digits_demo)
-QUICK_ROUNDS=20
+QUICK_ROUNDS_MOBILE=20
+# ResNet-34 has no width knob and costs ~25 s a round at 64 px on 2 cores. At 48 px its
+# last blocks still see 2x2 maps (as at 64 px; 32 px gives 1x1 and unstable BatchNorm) and
+# a round takes ~10 s, so 10 rounds keep its 48 quick runs (3 seeds) near 100 min.
+QUICK_OVERRIDES_RESNET=(dataset.image_size=48)
+QUICK_ROUNDS_RESNET=10
 # --------------------------------------------------------------------------------------------
 
 # The paper's sweeps (PROTOCOL.md). Rounds and head layers equal the presets' values but are
@@ -53,10 +58,11 @@ Options:
   --figures LIST     figures to make, comma-separated (default: 2,4,7,8)
   --seeds N          seeds per setting: 42, 43, ..., 42+N-1 (default: 1)
   --first-seed S     start the seeds at S instead of 42
-  --quick            CPU scale: figures 2 and 4 on the offline digits dataset with a
-                     small model and 20 rounds (QUICK_* at the top of this script);
-                     figures 7 and 8 are skipped (FLICKR-AES is not offline)
-  --rounds N         rounds of every run (instead of 50/25/35, or 20 with --quick)
+  --quick            CPU scale: figures 2 and 4 on the offline digits dataset, MobileNet
+                     at width 0.25 for 20 rounds, ResNet-34 at 48 px for 10 rounds
+                     (QUICK_* at the top of this script); figures 7 and 8 are skipped
+                     (FLICKR-AES is not offline)
+  --rounds N         rounds of every run (instead of 50/25/35, or 20/10 with --quick)
   --out DIR          output folder (default: docs/results/full, or docs/results/quick
                      with --quick); runs go to DIR/runs/figureN/<setting>_s<seed>/,
                      figures to DIR/figureN_<model>.png, tables to DIR/figureN_summary.md
@@ -259,21 +265,29 @@ plot_figure() {
 	fi
 }
 
-# The CIFAR-10 preset, moved to digits at CPU scale with --quick.
-cifar_args=(--config-name cifar10)
-[[ $quick == 0 ]] || cifar_args+=("${QUICK_OVERRIDES[@]}")
+# The CIFAR-10 preset of one model ($1), moved to digits at CPU scale with --quick: sets
+# cifar_args, and num_rounds from --rounds, else the quick rounds or the paper's ($2).
+model_settings() {
+	cifar_args=(--config-name cifar10 "model_name=$1")
+	num_rounds="${rounds:-$2}"
+	[[ $quick == 1 ]] || return 0
+	local -n model_overrides="QUICK_OVERRIDES_${1^^}" model_rounds="QUICK_ROUNDS_${1^^}"
+	cifar_args+=("${QUICK_OVERRIDES[@]}" ${model_overrides[@]+"${model_overrides[@]}"})
+	num_rounds="${rounds:-$model_rounds}"
+}
 
 plan_figure2() {
-	local model algorithm k num_rounds="${rounds:-$([[ $quick == 1 ]] && echo $QUICK_ROUNDS || echo $FIG2_ROUNDS)}"
+	local model algorithm k num_rounds cifar_args
 	local class_counts=("${FIG2_CLASSES[@]}")
 	[[ -z "$classes" ]] || class_counts=("${class_list[@]}")
 	for model in "${model_list[@]}"; do
+		model_settings "$model" "$FIG2_ROUNDS"
 		for k in "${class_counts[@]}"; do
 			for algorithm in "${FIG2_ALGORITHMS[@]}"; do
 				has "$algorithms" "$algorithm" || continue
 				plan_add "${model}_${algorithm}_c${k}_h${HEAD_LAYERS}_r$num_rounds" \
 					"$model $algorithm $k classes" "${cifar_args[@]}" \
-					"model_name=$model" "algorithm=$algorithm" "dataset.num_classes=$k" \
+					"algorithm=$algorithm" "dataset.num_classes=$k" \
 					"model.num_head_layers=$HEAD_LAYERS" "num_rounds=$num_rounds"
 			done
 		done
@@ -281,22 +295,23 @@ plan_figure2() {
 }
 
 plan_figure4() {
-	local model h num_rounds="${rounds:-$([[ $quick == 1 ]] && echo $QUICK_ROUNDS || echo $FIG4_ROUNDS)}"
-	local common=("dataset.num_classes=$FIG4_CLASSES" "num_rounds=$num_rounds")
+	local model h num_rounds cifar_args common
 	for model in "${model_list[@]}"; do
+		model_settings "$model" "$FIG4_ROUNDS"
+		common=("dataset.num_classes=$FIG4_CLASSES" "num_rounds=$num_rounds")
 		local -n sweep="FIG4_HEADS_${model^^}"
 		if has "$algorithms" fedper; then
 			for h in "${sweep[@]}"; do
 				[[ -z "$heads" ]] || has "$heads" "$h" || continue
 				plan_add "${model}_fedper_c${FIG4_CLASSES}_h${h}_r$num_rounds" \
 					"$model fedper $h head layer$([[ $h == 1 ]] || echo s)" "${cifar_args[@]}" \
-					"model_name=$model" algorithm=fedper "model.num_head_layers=$h" "${common[@]}"
+					algorithm=fedper "model.num_head_layers=$h" "${common[@]}"
 			done
 		fi
 		if has "$algorithms" fedavg; then # the reference line: the split does not matter
 			plan_add "${model}_fedavg_c${FIG4_CLASSES}_h${HEAD_LAYERS}_r$num_rounds" \
 				"$model fedavg (reference)" "${cifar_args[@]}" \
-				"model_name=$model" algorithm=fedavg "model.num_head_layers=$HEAD_LAYERS" "${common[@]}"
+				algorithm=fedavg "model.num_head_layers=$HEAD_LAYERS" "${common[@]}"
 		fi
 		unset -n sweep
 	done

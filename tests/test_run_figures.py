@@ -116,3 +116,21 @@ def test_quick_mode_skips_flickr_and_help_and_bad_options(tmp_path: Path) -> Non
         result = run_script(["--dry-run", *bad], tmp_path)
         assert result.returncode == 2, bad
         assert result.stderr.startswith("run_figures.sh: error:")
+
+
+def test_quick_plan_gives_each_model_its_own_scale(tmp_path: Path) -> None:
+    out = tmp_path / "quick"
+    options = ["--quick", "--dry-run", "--figures", "2", "--classes", "4", "--out", str(out)]
+    commands = command_lines(run_script(options, tmp_path).stdout)
+    mobile = [c for c in commands if "model_name=mobile" in c]
+    resnet = [c for c in commands if "model_name=resnet" in c]
+    assert len(mobile) == len(resnet) == 4
+    assert all("experiment=digits_demo" in c for c in commands)
+    assert all("num_rounds=20" in c and "image_size" not in c for c in mobile)
+    assert all("num_rounds=10" in c and "dataset.image_size=48" in c for c in resnet)
+    assert all("_r10_s42" in c for c in resnet)  # the rounds name the run folder
+
+    # --rounds replaces both models' quick rounds; the ResNet image size stays
+    commands = command_lines(run_script([*options, "--rounds", "3"], tmp_path).stdout)
+    assert len(commands) == 8 and all("num_rounds=3" in c for c in commands)
+    assert sum("dataset.image_size=48" in c for c in commands) == 4
