@@ -77,6 +77,7 @@ COLUMN_TITLES = {
     "dataset.num_classes": "classes/client",
     "model.num_head_layers": "head layers",
     "num_rounds": "rounds",
+    "dataset.image_size": "image size",
 }
 BANDS = ("minmax", "std", "none")
 
