@@ -540,6 +540,18 @@ def images_per_round(cfg: DictConfig, partition: list[dict], rounds: list[dict])
     ]
 
 
+def timeline(seconds: list[float], rounds: list[dict], images: list[int]) -> dict:
+    """One side's round times, throughput after the first round, and final accuracy."""
+    after_first = mean(steady(seconds))
+    return {
+        "round_seconds": seconds,
+        "first_round_seconds": seconds[0],
+        "round_seconds_after_first": after_first,
+        "images_per_second": mean(steady(images)) / after_first,
+        "final_accuracy": rounds[-1]["accuracy"],
+    }
+
+
 def summarize(
     cfg: DictConfig,
     settings: BenchSettings,
@@ -559,7 +571,10 @@ def summarize(
     plain_seconds = measured if parallel else [s / actors for s in measured]
     images = images_per_round(cfg, federated["partition"], fed_rounds)
     partition = federated["partition"]
-    fed_steady, plain_steady = mean(steady(fed_seconds)), mean(steady(plain_seconds))
+    fed_timeline = timeline(fed_seconds, fed_rounds, images)
+    plain_timeline = timeline(plain_seconds, plain_rounds, images)
+    fed_steady = fed_timeline["round_seconds_after_first"]
+    plain_steady = plain_timeline["round_seconds_after_first"]
     ratio = fed_steady / plain_steady
     breakdown = federated_breakdown(fed_rounds, actors)
     plain_compute = mean([r["train_compute"] + r["evaluate_compute"] for r in steady(plain_rounds)])
@@ -597,22 +612,14 @@ def summarize(
             ),
         },
         "federated": {
-            "round_seconds": fed_seconds,
-            "first_round_seconds": fed_seconds[0],
-            "round_seconds_after_first": fed_steady,
-            "images_per_second": mean(steady(images)) / fed_steady,
-            "final_accuracy": fed_rounds[-1]["accuracy"],
+            **fed_timeline,
             "round_over_compute": fed_per_compute,
             "overhead": breakdown,
         },
         "plain": {
             "startup_seconds": plain["startup_seconds"],
-            "round_seconds": plain_seconds,
+            **plain_timeline,
             "measured_round_seconds": measured,
-            "first_round_seconds": plain_seconds[0],
-            "round_seconds_after_first": plain_steady,
-            "images_per_second": mean(steady(images)) / plain_steady,
-            "final_accuracy": plain_rounds[-1]["accuracy"],
             "client_compute_per_round": plain_compute,
             "round_over_compute": plain_per_compute,
             "aggregation_per_round": mean([r["aggregate"] for r in steady(plain_rounds)]),

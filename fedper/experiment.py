@@ -82,17 +82,18 @@ def resumed_config(run_dir: Path) -> DictConfig:
 def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory that holds a run with other settings, rather than mixing two runs."""
     path = run_dir / CONFIG_FILE
+    settings = settings_of(cfg)
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != settings_of(cfg):
+        if saved != settings:
             raise ConfigError(
                 f"{run_dir} holds a run with other settings "
-                f"({first_difference(saved, settings_of(cfg))}): choose another hydra.run.dir, "
+                f"({first_difference(saved, settings)}): choose another hydra.run.dir, "
                 f"or continue that run with resume={run_dir}"
             )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(settings_of(cfg), indent=1))
+        write_text_atomic(path, json.dumps(settings, indent=1))
 
 
 def completed_rounds(run_dir: Path) -> int:

@@ -153,15 +153,18 @@ def read_rows(pool_path: str | Path, indices: np.ndarray) -> np.ndarray:
     buffer = memoryview(out).cast("B")
     firsts = [0, *(np.flatnonzero(np.diff(wanted) != 1) + 1).tolist()]
     ends = [*firsts[1:], len(wanted)]
+    # each run of consecutive rows: its slice of `out` and its byte offset in the file
+    runs = [
+        (first, end, pool.offset + int(wanted[first]) * row_bytes)
+        for first, end in zip(firsts, ends, strict=True)
+    ]
     fd = os.open(pool_path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
-            for first, end in zip(firsts, ends, strict=True):
-                start = pool.offset + int(wanted[first]) * row_bytes
+            for first, end, start in runs:
                 os.posix_fadvise(fd, start, (end - first) * row_bytes, os.POSIX_FADV_WILLNEED)
-        for first, end in zip(firsts, ends, strict=True):
+        for first, end, start in runs:
             target = buffer[first * row_bytes : end * row_bytes]
-            start = pool.offset + int(wanted[first]) * row_bytes
             done = 0
             while done < len(target):  # a read may return less than asked
                 got = os.preadv(fd, [target[done:]], start + done)
