@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedper.data.federated import (
     ClientData,
@@ -41,8 +41,10 @@ def register_dataset(name: str):
     return add
 
 
-def prepare_dataset(cfg: DictConfig) -> FederatedDataset:
-    """Build (or read from cache) the configured dataset and its partition."""
+def prepare_dataset(cfg: DictConfig, data_dir: str | Path | None = None) -> FederatedDataset:
+    """Build (or read from cache) the configured dataset under `data_dir`, and partition it."""
+    if data_dir is not None and str(data_dir) != str(cfg.data_dir):
+        cfg = OmegaConf.merge(cfg, {"data_dir": str(data_dir)})
     return DATASETS[cfg.dataset.name](cfg)
 
 

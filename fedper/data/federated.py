@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class ClientSplit:
     test_indices: np.ndarray
     test_labels: np.ndarray
     info: dict = field(default_factory=dict)
+    val_indices: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    val_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def summary(self, cid: int) -> dict:
         """What results.json records about this client."""
@@ -50,6 +53,17 @@ class FederatedDataset:
 
     def summary(self) -> list[dict]:
         return [client.summary(cid) for cid, client in enumerate(self.clients)]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over what defines the partition: equal on every machine with the same data."""
+        digest = hashlib.sha256(
+            json.dumps([self.name, self.total_classes, self.mean, self.std]).encode()
+        )
+        for client in self.clients:
+            for array in (client.train_indices, client.train_labels, client.val_indices,
+                          client.val_labels, client.test_indices, client.test_labels):  # fmt: skip
+                digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes() + b"|")
+        return digest.hexdigest()
 
     def save(self, directory: str | Path) -> Path:
         """Write the partition next to a run's results (atomically), so clients can read it."""
@@ -106,6 +120,8 @@ class ClientData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
 
 
 def load_client_data(
@@ -129,6 +145,8 @@ def load_client_data(
         train_labels=labels(split.train_labels),
         test_images=rows(split.test_indices),
         test_labels=labels(split.test_labels),
+        val_images=rows(split.val_indices),
+        val_labels=labels(split.val_labels),
     )
 
 
