@@ -23,18 +23,19 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedper.algorithms import ALGORITHMS
-from fedper.client_app import ClientRuntime, finetune_head
-from fedper.client_state import ClientStateStore
-from fedper.config import RunSpec, derive_run_spec, validate_config
+from fedper.client import ClientWorker, NodePaths
+from fedper.config import RunSpec, validate_config
 from fedper.data import ClientSplit, FederatedDataset, dataset_root, load_client_data
 from fedper.data.synthetic import synthetic_pool
 from fedper.errors import ConfigError, FedPerError
-from fedper.experiment import run_experiment
-from fedper.training import evaluate, train
+from fedper.experiment import plan_run, run_experiment
+from fedper.models import build_model
+from fedper.state import MemoryHeadStore
 
 BENCH_JSON = "bench.json"
 FEDERATED_DIR = "federated"
@@ -215,73 +216,37 @@ def driver_max_rss_bytes() -> int:
 
 
 class PlainClients:
-    """One worker's clients: the ClientApp's runtime (model, transform, data cache, seeds)
-    with the heads kept in memory instead of files.
-    """
+    """One worker's clients: the client core (`fedper.client`), heads kept in memory."""
 
     def __init__(self, spec_json: str, cids: list[int]) -> None:
-        spec = RunSpec(**json.loads(spec_json))
-        self.runtime = ClientRuntime(spec)  # also sets this process's torch threads
-        algorithm = self.runtime.algorithm
-        initial = ClientStateStore(spec.state_dir).load_initial()
-        keys = self.runtime.model.part_keys(algorithm.personal_parts)
-        self.heads = {cid: {k: initial[k].clone() for k in keys} for cid in cids}
-
-    def load(self, cid: int, shared: dict[str, np.ndarray] | None) -> None:
-        algorithm, model = self.runtime.algorithm, self.runtime.model
-        if algorithm.shared_parts:
-            model.load_parts(shared, algorithm.shared_parts)
-        if algorithm.personal_parts:
-            model.load_parts(self.heads[cid], algorithm.personal_parts)
+        spec = RunSpec.from_json(spec_json)
+        paths = NodePaths(Path(spec.data_dir), Path(spec.state_dir))
+        self.worker = ClientWorker(spec, paths, MemoryHeadStore())  # sets torch threads too
 
     def train(self, cids: list[int], round_num: int, shared: dict | None) -> dict:
         """Train each client; return the example-weighted sum of their shared parts."""
-        runtime = self.runtime
-        shared_parts = runtime.algorithm.shared_parts
         weighted: dict[str, np.ndarray] = {}
         clients, examples = {}, 0
         for cid in cids:
-            data = runtime.data(cid)
-            self.load(cid, shared)
-            started = time.perf_counter()
-            stats = train(
-                runtime.model,
-                data.train_images,
-                data.train_labels,
-                runtime.transform,
-                runtime.settings,
-                runtime.generator(cid, round_num, phase=0),
-            )
-            compute = time.perf_counter() - started
-            if runtime.algorithm.personal_parts:
-                self.heads[cid] = runtime.model.part_state(runtime.algorithm.personal_parts)
-            if shared_parts:
-                for key, value in runtime.model.part_state(shared_parts).items():
-                    value = value.numpy().astype(np.float64) * stats["num_examples"]
-                    weighted[key] = weighted[key] + value if key in weighted else value
-            examples += stats["num_examples"]
-            clients[cid] = {"compute": compute, **stats}
+            result = self.worker.train(cid, round_num, tensors(shared))
+            metrics = result.metrics
+            for key, value in result.shared.items():
+                value = value.numpy().astype(np.float64) * metrics["num-examples"]
+                weighted[key] = weighted[key] + value if key in weighted else value
+            examples += metrics["num-examples"]
+            clients[cid] = {"compute": metrics["seconds_compute"], **metrics}
         return {"weighted": weighted, "examples": examples, "clients": clients}
 
     def evaluate(self, cids: list[int], round_num: int, shared: dict | None) -> dict:
-        runtime = self.runtime
         clients = {}
         for cid in cids:
-            data = runtime.data(cid)
-            self.load(cid, shared)
-            started = time.perf_counter()
-            if runtime.algorithm.finetune_head and runtime.cfg.finetune_epochs > 0:
-                finetune_head(runtime, runtime.model, data, cid, round_num)
-            stats = evaluate(
-                runtime.model,
-                data.test_images,
-                data.test_labels,
-                runtime.transform,
-                runtime.cfg.batch_size,
-                runtime.settings.autocast_dtype,
-            )
-            clients[cid] = {"compute": time.perf_counter() - started, **stats}
+            metrics = self.worker.evaluate(cid, round_num, tensors(shared))
+            clients[cid] = {"compute": metrics["seconds_compute"], **metrics}
         return {"clients": clients}
+
+
+def tensors(shared: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    return None if shared is None else {k: torch.from_numpy(np.array(v)) for k, v in shared.items()}
 
 
 def plain_worker(spec_json: str, cids: list[int], inbox, outbox) -> None:
@@ -362,16 +327,15 @@ def average(replies: list[dict], like: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def run_plain(spec_json: str, federated: dict, workers: int, parallel: bool) -> dict:
     """Replay the federated run's rounds (same sampled clients) in the plain loop."""
-    spec = RunSpec(**json.loads(spec_json))
+    spec = RunSpec.from_json(spec_json)
     cfg = spec.cfg
     num_clients = cfg.num_clients
     started = time.perf_counter()
     loop = PlainLoop(spec_json, num_clients, workers, parallel)
     startup = time.perf_counter() - started
     shared_parts = ALGORITHMS[cfg.algorithm].shared_parts
-    initial = ClientStateStore(spec.state_dir).load_initial()
-    prefixes = tuple(f"{part}." for part in shared_parts)
-    shared = {k: v.numpy() for k, v in initial.items() if k.startswith(prefixes)} or None
+    initial = build_model(cfg, seed=cfg.seed).part_state(shared_parts)
+    shared = {k: v.numpy() for k, v in initial.items()} or None
     rounds = []
     try:
         for entry in federated["rounds"]:
@@ -726,8 +690,7 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path) -> dict:
         "sample_interval_seconds": settings.memory_interval,
     }
 
-    run_id = (federated_dir / "run_id").read_text().strip()
-    spec_json = derive_run_spec(cfg, federated_dir, run_id).to_json()
+    spec_json = plan_run(cfg, federated_dir).spec.to_json()
     with MemorySampler(settings.memory_interval) as plain_memory:
         plain = run_plain(spec_json, federated, actors, settings.plain_mode == "parallel")
     memory["plain_peak_all_processes_bytes"] = plain_memory.peak_bytes

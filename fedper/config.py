@@ -16,11 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from fedper.algorithms import ALGORITHMS
 from fedper.errors import ConfigError
 
-# The apps read the run's settings from this run_config entry (a JSON string) when launched
-# by `flwr run`, and from this environment variable in a `run_simulation` launch, which
-# passes no run_config (Ray workers inherit the driver's environment).
-RUN_CONFIG_KEY = "fedper-spec"
-SPEC_ENV_VAR = "FEDPER_SPEC"
+# The key under which the run's settings (a RunSpec as JSON) travel: in every message's
+# ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
+SPEC_KEY = "fedper-spec"
 
 
 def check(condition: bool, message: str) -> None:
@@ -98,6 +96,40 @@ def validate_config(cfg: DictConfig) -> None:
         f"{os.cpu_count()} CPUs",
     )
     resolve_num_gpus(resources.num_gpus)
+    validate_engine(cfg)
+
+
+ENGINE_ADDRESS_KEYS = {"simulation": None, "ray": "address", "deployment": "superlink"}
+
+
+def validate_engine(cfg: DictConfig) -> None:
+    """The engine group: a known name, the address it needs, sensible timeouts."""
+    engine = cfg.get("engine")
+    check(
+        engine is not None and engine.get("name") in ENGINE_ADDRESS_KEYS,
+        f"engine={None if engine is None else engine.get('name')} is unknown: use one of "
+        f"{', '.join(ENGINE_ADDRESS_KEYS)}",
+    )
+    key = ENGINE_ADDRESS_KEYS[engine.name]
+    if key is not None:
+        value = None if OmegaConf.is_missing(engine, key) else engine.get(key)
+        check(
+            isinstance(value, str) and value.rpartition(":")[2].isdigit(),
+            f"engine={engine.name} needs engine.{key}=<host:port>"
+            + (" of the Ray cluster's head node" if engine.name == "ray" else " of the SuperLink")
+            + (f", not {value}" if value is not None else ""),
+        )
+    for name in ("connect_timeout", "reply_timeout"):
+        value = engine.get(name)
+        check(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+            f"engine.{name}={value} must be a number of seconds > 0",
+        )
+    cpus = engine.get("num_cpus")
+    check(
+        cpus is None or (isinstance(cpus, int) and not isinstance(cpus, bool) and cpus > 0),
+        f"engine.num_cpus={cpus} must be null (all CPUs) or a whole number > 0",
+    )
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
@@ -160,13 +192,20 @@ def resolve_performance(cfg: DictConfig, device: torch.device) -> Performance:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The composed config plus the values derived from it for one run."""
+    """What every app of one run must agree on; it travels in every message to the clients.
 
-    config: dict  # resolved, as composed by Hydra; never rewritten
+    The clients learn the run from this alone (plus their own node config): no environment
+    variable and no file the server wrote. It is a few kB of JSON.
+    """
+
+    config: dict  # the resolved config, as composed by Hydra; never rewritten
     run_id: str
-    run_dir: str
-    state_dir: str  # this run's client heads: <state_dir>/<run_id>/
-    num_gpus: float
+    run_dir: str  # where the ServerApp writes results and its checkpoint (absolute)
+    data_dir: str  # default data folder of a node without its own `data-dir` (absolute)
+    state_dir: str  # default head folder of a node without its own `state-dir` (absolute)
+    num_gpus: float  # GPU share per client actor (simulation engines)
+    fingerprint: str  # of the partition every client must rebuild from its local data
+    initial_digest: str  # of the seeded initial model every client builds for itself
 
     @property
     def cfg(self) -> DictConfig:
@@ -174,6 +213,10 @@ class RunSpec:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> RunSpec:
+        return _parse_spec(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -183,34 +226,61 @@ def _as_config(text: str) -> DictConfig:
     return cfg
 
 
+@functools.lru_cache(maxsize=8)
+def _parse_spec(text: str) -> RunSpec:
+    try:
+        return RunSpec(**json.loads(text))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"the run settings in the message cannot be read ({error}): server and clients "
+            "must run the same fedper version"
+        ) from None
+
+
 def new_run_id() -> str:
     """Unique even for multirun jobs started in the same second."""
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def derive_run_spec(cfg: DictConfig, run_dir: str | Path, run_id: str | None = None) -> RunSpec:
-    """The one place where run-time values are derived from the config."""
-    run_id = run_id or new_run_id()
+def derive_run_spec(
+    cfg: DictConfig, run_dir: str | Path, run_id: str, fingerprint: str, initial_digest: str
+) -> RunSpec:
+    """The one place where run-time values are derived from the config.
+
+    Paths become absolute here, at the first start, so that clients on other processes and a
+    resume from another working directory find the same folders.
+    """
     return RunSpec(
         config=OmegaConf.to_container(cfg, resolve=True),
         run_id=run_id,
         run_dir=str(Path(run_dir).resolve()),
-        state_dir=str((Path(cfg.state_dir) / run_id).resolve()),
+        data_dir=str(Path(cfg.data_dir).expanduser().resolve()),
+        state_dir=str(Path(cfg.state_dir).expanduser().resolve()),
         num_gpus=resolve_num_gpus(cfg.client_resources.num_gpus),
+        fingerprint=fingerprint,
+        initial_digest=initial_digest,
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _parse_spec(text: str) -> RunSpec:
-    return RunSpec(**json.loads(text))
+# run_config keys of a run submitted with `flwr run` (declared in pyproject.toml)
+HEADER_KEY = "fedper-header"
 
 
-def spec_from_context(context) -> RunSpec:
-    """What the ServerApp and the ClientApp know of the run, from their Flower Context."""
-    text = context.run_config.get(RUN_CONFIG_KEY) or os.environ.get(SPEC_ENV_VAR)
-    if not text:
-        raise ConfigError(
-            f"no fedper settings: set run_config '{RUN_CONFIG_KEY}' (flwr run) or launch "
-            "through python -m fedper.main"
-        )
-    return _parse_spec(text)
+@dataclass(frozen=True)
+class RunPlan:
+    """A run ready to start: its settings, and what results.json records about it up front
+    (the partition summary, code and library versions)."""
+
+    spec: RunSpec
+    header: dict
+
+    def to_run_config(self) -> dict[str, str]:
+        return {SPEC_KEY: self.spec.to_json(), HEADER_KEY: json.dumps(self.header)}
+
+    @classmethod
+    def from_run_config(cls, run_config) -> RunPlan | None:
+        """The plan `python -m fedper.main` put in the run config; None if there is none."""
+        text = str(run_config.get(SPEC_KEY) or "")
+        if not text:
+            return None
+        return cls(RunSpec.from_json(text), json.loads(str(run_config.get(HEADER_KEY) or "{}")))

@@ -15,3 +15,7 @@ class DatasetNotFoundError(FedPerError):
 
 class StateFileError(FedPerError):
     """A head or checkpoint file on disk is damaged or does not fit the model."""
+
+
+class Interrupted(FedPerError):
+    """Ctrl-C or SIGTERM: the files of every completed round are intact; the run can resume."""

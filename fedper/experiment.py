@@ -1,53 +1,33 @@
-"""One experiment, start to end: check, prepare data, simulate on Ray, return the results.
+"""One experiment, start to end: check, claim the run directory, plan, hand to an engine.
 
-A run directory holds everything needed to continue a run: its id, its resolved config, the
-partition, results.json and the server checkpoint. Starting again in the same directory (or
-with `resume=<dir>`) continues after the last completed round.
+A run directory holds everything the server needs to continue a run: its id, its resolved
+config, results.json and the server checkpoint. Starting again in the same directory (or
+with `resume=<dir>`) continues after the last completed round. Clients keep their heads on
+their own nodes; nothing in the run directory is read by a client.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import warnings
+import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.config import SPEC_ENV_VAR, RunSpec, derive_run_spec, validate_config
+from fedper.config import RunPlan, derive_run_spec, new_run_id, validate_config
 from fedper.data import prepare_dataset
-from fedper.data.federated import PARTITION_FILE
-from fedper.errors import ConfigError, FedPerError
-from fedper.results import RESULTS_JSON, load_results, write_text_atomic
-from fedper.server_app import load_checkpoint
+from fedper.errors import ConfigError
+from fedper.models import build_model
+from fedper.results import RESULTS_JSON, load_results
+from fedper.state import load_checkpoint, tensors_digest, write_text_atomic
 
 log = logging.getLogger("fedper")
 RUN_ID_FILE = "run_id"
 CONFIG_FILE = "run_config.json"
-
-
-class Interrupted(FedPerError):
-    """Ctrl-C or SIGTERM: files are consistent and the run can be resumed."""
-
-
-def critical_only(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.CRITICAL
-
-
-def quiet_frameworks() -> None:
-    """One line per round instead of Flower's and Ray's logs.
-
-    Flower resets its logger's level when a simulation starts, so a filter does the job.
-    Client failures are reported by the server, one line each, with the client's own message.
-    """
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.propagate = False
-    if critical_only not in flwr_logger.filters:
-        flwr_logger.addFilter(critical_only)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower's link state
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_id_for(run_dir: Path) -> str | None:
@@ -92,7 +72,6 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
                 f"or continue that run with resume={run_dir}"
             )
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(settings, indent=1))
 
 
@@ -101,75 +80,92 @@ def completed_rounds(run_dir: Path) -> int:
     return len(json.loads(path.read_text())["rounds"]) if path.is_file() else 0
 
 
-def raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def code_version() -> dict:
+    """The commit this code came from and whether the tree differed from it (null outside git)."""
 
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
 
-def simulate(spec: RunSpec) -> None:
-    """Run the ServerApp and one ClientApp per client on Ray, then shut Ray down."""
-    import ray
-    from flwr.simulation import run_simulation
-
-    from fedper.client_app import app as client_app
-    from fedper.server_app import STOP
-    from fedper.server_app import app as server_app
-
-    cfg = spec.cfg
-    backend_config = {
-        "client_resources": {
-            "num_cpus": cfg.client_resources.num_cpus,
-            "num_gpus": spec.num_gpus,
-        },
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "commit": commit.strip() if commit else None,
+        "dirty": bool(status.strip()) if status is not None else None,
     }
-    os.environ[SPEC_ENV_VAR] = spec.to_json()
-    STOP.clear()
-    # SIGTERM (a scheduler killing the job) takes the same path as Ctrl-C
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.num_clients,
-            backend_config=backend_config,
-        )
-    except KeyboardInterrupt:
-        STOP.set()
-        raise Interrupted(
-            f"interrupted after round {completed_rounds(Path(spec.run_dir))} of "
-            f"{cfg.num_rounds}; continue with: python -m fedper.main resume={spec.run_dir}"
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        os.environ.pop(SPEC_ENV_VAR, None)
-        if ray.is_initialized():
-            ray.shutdown()
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "flwr", "ray", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def plan_run(cfg: DictConfig, run_dir: str | Path) -> RunPlan:
+    """Check the config, claim the run directory and fix what every app must agree on."""
+    run_dir = Path(run_dir).resolve()
+    validate_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(cfg, run_dir)
+    dataset = prepare_dataset(cfg)
+    run_id = run_id_for(run_dir) or new_run_id()
+    initial = build_model(cfg, seed=cfg.seed).state_dict()
+    spec = derive_run_spec(cfg, run_dir, run_id, dataset.fingerprint(), tensors_digest(initial))
+    if not (run_dir / RUN_ID_FILE).is_file():
+        write_text_atomic(run_dir / RUN_ID_FILE, run_id + "\n")
+    load_checkpoint(run_dir, run_id)  # a damaged checkpoint is reported before any engine starts
+    header = {
+        "partition": dataset.summary(),
+        "partition_fingerprint": spec.fingerprint,
+        "code_version": code_version(),
+        "versions": library_versions(),
+    }
+    return RunPlan(spec, header)
+
+
+def plan_from_run_config(run_config, flower_run_id: int) -> RunPlan:
+    """A `flwr run` ServerApp's plan: the one fedper.main sent, or one made from
+    `preset` and `overrides` (Hydra overrides, space-separated) in the run config."""
+    plan = RunPlan.from_run_config(run_config)
+    if plan is not None:
+        return plan
+    from hydra import compose, initialize_config_dir
+
+    overrides = str(run_config.get("overrides") or "").split()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base=None):
+        cfg = compose(str(run_config.get("preset") or "base"), overrides=overrides)
+    run_dir = str(run_config.get("run-dir") or "") or f"outputs/flwr-run-{flower_run_id}"
+    return plan_run(cfg, run_dir)
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Everything `python -m fedper.main` does after Hydra composed the config."""
+    from fedper.engines import run_on_engine
+
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         cfg = resumed_config(run_dir)
     run_dir = Path(run_dir)
     validate_config(cfg)
-    claim_run_dir(cfg, run_dir)
-    done = completed_rounds(run_dir)
-    if done >= cfg.num_rounds:
+    done = completed_rounds(run_dir) if (run_dir / CONFIG_FILE).is_file() else 0
+    if done >= cfg.num_rounds and (run_dir / CONFIG_FILE).is_file():
+        claim_run_dir(cfg, run_dir)
         log.info("%s is complete (%d rounds): nothing to run", run_dir, done)
         return load_results(run_dir)
-    dataset = prepare_dataset(cfg)
-    spec = derive_run_spec(cfg, run_dir, run_id_for(run_dir))
-    if not (run_dir / RUN_ID_FILE).is_file():
-        write_text_atomic(run_dir / RUN_ID_FILE, spec.run_id + "\n")
-    if not (run_dir / PARTITION_FILE).is_file():
-        dataset.save(run_dir)
-    load_checkpoint(run_dir, spec.run_id)  # a damaged checkpoint is reported before Ray starts
-    quiet_frameworks()
+    plan = plan_run(cfg, run_dir)
     log.info(
-        "%s · %s · %s: %d clients, %d rounds -> %s%s",
+        "%s · %s · %s: %d clients, %d rounds, engine %s -> %s%s",
         cfg.algorithm, cfg.model_name, cfg.dataset.name, cfg.num_clients, cfg.num_rounds,
-        run_dir, f" (continuing after round {done})" if done else "",
+        cfg.engine.name, run_dir, f" (continuing after round {done})" if done else "",
     )  # fmt: skip
-    simulate(spec)
+    run_on_engine(plan)
     return load_results(run_dir)

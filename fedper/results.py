@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from fedper.state import write_atomic, write_text_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -15,19 +16,17 @@ RESULTS_PNG = "results.png"
 # per-round columns of results.csv, in order
 CSV_COLUMNS = [
     "round", "accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
-    "loss_weighted", "train_loss", "seconds", "bytes_up", "bytes_down", "clients_ok",
-    "clients_failed",
+    "loss_weighted", "val_accuracy", "val_loss", "train_loss", "seconds", "bytes_up",
+    "bytes_down", "clients_expected", "clients_ok", "clients_failed", "partial",
 ]  # fmt: skip
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _finite(value):
-    """JSON has no NaN: a round where nothing could be measured records null."""
+    """JSON has no NaN: what could not be measured (no validation split, no client) is null."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -51,7 +50,7 @@ class RunResults:
         return cls(run_dir, header, rounds)
 
     def add(self, entry: dict) -> None:
-        self.rounds.append({k: _finite(v) for k, v in entry.items()})
+        self.rounds.append(_finite(entry))
         self.write()
 
     def as_dict(self) -> dict:
@@ -59,7 +58,9 @@ class RunResults:
 
     def write(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / RESULTS_JSON, json.dumps(self.as_dict(), indent=1))
+        write_text_atomic(
+            self.run_dir / RESULTS_JSON, json.dumps(self.as_dict(), indent=1, allow_nan=False)
+        )
         table = pd.DataFrame(self.rounds).reindex(columns=CSV_COLUMNS)
         write_text_atomic(self.run_dir / RESULTS_CSV, table.to_csv(index=False))
         self.plot()
@@ -94,10 +95,10 @@ class RunResults:
             f"{cfg.get('algorithm')} · {cfg.get('model_name')} · {cfg.get('dataset', {}).get('name')}"
         )
         fig.tight_layout()
-        tmp = self.run_dir / f".{RESULTS_PNG}.{os.getpid()}.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        write_atomic(
+            self.run_dir / RESULTS_PNG, lambda handle: fig.savefig(handle, format="png", dpi=110)
+        )
         plt.close(fig)
-        os.replace(tmp, self.run_dir / RESULTS_PNG)
 
 
 def load_results(run_dir: str | Path) -> dict:

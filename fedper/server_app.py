@@ -1,8 +1,15 @@
-"""The ServerApp: the round loop, with results and a checkpoint written after every round."""
+"""The ServerApp: find the clients, then the round loop, with results and a checkpoint per round.
+
+The same loop runs in every engine. Under `python -m fedper.main` the launcher plans the run
+and hands the plan to the app (`server_app_for`, simulation engines) or puts it in the run
+config (`flwr run`, deployment); a plain `flwr run . --run-config 'overrides="..."'` plans it
+here. The run's settings travel to the clients in every message.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,96 +18,149 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
-from fedper.client_state import ClientStateStore, read_checked, write_atomic
-from fedper.config import RunSpec, resolve_device, spec_from_context
-from fedper.data import FederatedDataset
-from fedper.errors import FedPerError, StateFileError
+from fedper.config import SPEC_KEY, RunPlan
+from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
 from fedper.results import RunResults
-from fedper.strategy import FedPerStrategy, client_metrics, record_bytes, summarize_evaluation
+from fedper.state import load_checkpoint, save_checkpoint
+from fedper.strategy import FedPerStrategy, record_bytes, round_entry
 
 log = logging.getLogger("fedper")
 app = ServerApp()
-CHECKPOINT = "checkpoint.pt"
-# Set by the driver on Ctrl-C/SIGTERM: the round loop stops at its next exchange with clients.
-STOP = threading.Event()
-
-
-class RunInterrupted(FedPerError):
-    """The run was asked to stop; every completed round is saved."""
-
-
-def exchange(grid: Grid, messages: list[Message], poll: float = 0.02) -> list[Message]:
-    """Grid.send_and_receive, but giving up as soon as the run is asked to stop."""
-    pending = set(grid.push_messages(messages))
-    replies: list[Message] = []
-    while pending:
-        if STOP.is_set():
-            raise RunInterrupted("stopped while waiting for clients")
-        received = list(grid.pull_messages(pending))
-        replies += received
-        pending -= {msg.metadata.reply_to_message_id for msg in received}
-        if pending:
-            time.sleep(poll)
-    return replies
+FATAL = "fatal"  # the record a client answers with when it cannot take part at all
+POLL_SECONDS = 0.02
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_server(grid, spec_from_context(context))
+    """`flwr run`: the plan comes from the run config (fedper.main) or is made here."""
+    from fedper.experiment import plan_from_run_config
+
+    console_logging()
+    try:
+        run_server(grid, plan_from_run_config(context.run_config, context.run_id))
+    except FedPerError as error:
+        log.error("fedper: error: %s", error)
+        sys.exit(2)
 
 
-def discover_clients(grid: Grid, num_clients: int, timeout: float = 600) -> dict[int, int]:
-    """Ask every node which client it serves: cid -> node id."""
-    deadline = time.monotonic() + timeout
-    while len(node_ids := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise FedPerError(f"only {len(node_ids)} of {num_clients} clients connected")
-        time.sleep(0.2)
-    messages = [
-        Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node)
-        for node in node_ids
-    ]
-    mapping = {}
-    for msg in exchange(grid, messages):
-        if msg.has_error():
-            raise FedPerError(f"a client failed to start: {msg.error.reason}")
-        mapping[int(msg.content["metrics"]["cid"])] = msg.metadata.src_node_id
-    return mapping
+def server_app_for(plan: RunPlan, stop: threading.Event) -> ServerApp:
+    """A ServerApp bound to one planned run, for engines that start it in this process."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _(grid: Grid, context: Context) -> None:
+        run_server(grid, plan, stop)
+
+    return bound
 
 
-def load_checkpoint(run_dir: Path, run_id: str) -> tuple[int, ArrayRecord] | None:
-    """The last completed round and the global shared arrays after it, if any."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return None
-    payload = read_checked(path, "start a fresh run in a new directory")
-    if payload.get("run_id") != run_id:
-        raise StateFileError(f"{path} belongs to run {payload.get('run_id')}, not {run_id}")
-    return int(payload["round"]), ArrayRecord(payload["arrays"])
+def console_logging() -> None:
+    """Round lines on the console of a ServerApp process that has no handler yet."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
-def save_checkpoint(run_dir: Path, run_id: str, round_num: int, arrays: ArrayRecord) -> None:
-    state = dict(arrays.to_torch_state_dict()) if len(arrays) else {}
-    write_atomic(
-        run_dir / CHECKPOINT, {"format": 1, "run_id": run_id, "round": round_num, "arrays": state}
-    )
+class ClientLink:
+    """Messages to and from the clients, with a timeout and a way to stop."""
+
+    def __init__(self, grid: Grid, plan: RunPlan, stop: threading.Event | None) -> None:
+        self.grid, self.stop = grid, stop
+        engine = plan.spec.cfg.engine
+        self.spec_json = plan.spec.to_json()
+        self.connect_timeout = float(engine.connect_timeout)
+        self.reply_timeout = float(engine.reply_timeout)
+        self.num_clients = int(plan.spec.cfg.num_clients)
+
+    def config(self, round_num: int) -> ConfigRecord:
+        return ConfigRecord({SPEC_KEY: self.spec_json, "server-round": round_num})
+
+    def stopped(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Interrupted("stopped while waiting for clients")
+
+    def exchange(
+        self, messages: list[Message], who: dict[int, int], timeout: float | None = None
+    ) -> list[Message]:
+        """Send and wait for every reply; `who` maps node id -> client id for messages."""
+        ids = list(self.grid.push_messages(messages))
+        pending = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
+        deadline = time.monotonic() + (timeout or self.reply_timeout)
+        replies: list[Message] = []
+        while pending:
+            self.stopped()
+            for msg in self.grid.pull_messages(list(pending)):
+                pending.pop(msg.metadata.reply_to_message_id, None)
+                replies.append(msg)
+            if pending and time.monotonic() > deadline:
+                missing = sorted(who.get(node, node) for node in pending.values())
+                raise FedPerError(
+                    f"client(s) {missing} did not reply within {timeout or self.reply_timeout:.0f}"
+                    " s (engine.reply_timeout): check that their nodes are running"
+                )
+            if pending:
+                time.sleep(POLL_SECONDS)
+        for msg in replies:
+            if not msg.has_error() and FATAL in msg.content.config_records:
+                raise FedPerError(str(msg.content.config_records[FATAL]["reason"]))
+        return replies
+
+    def discover(self) -> dict[int, int]:
+        """Ask every node which client it serves, until all `num_clients` answered: cid -> node."""
+        deadline = time.monotonic() + self.connect_timeout
+        node_of: dict[int, int] = {}
+        asked: set[int] = set()
+        while len(node_of) < self.num_clients:
+            self.stopped()
+            new = [node for node in self.grid.get_node_ids() if node not in asked]
+            if new:
+                asked.update(new)
+                queries = [
+                    Message(
+                        content=RecordDict({"config": self.config(0)}),
+                        message_type=MessageType.QUERY,
+                        dst_node_id=node,
+                    )
+                    for node in new
+                ]
+                for msg in self.exchange(queries, {}, self.connect_timeout):
+                    if msg.has_error():
+                        raise FedPerError(f"a client failed to start: {msg.error.reason}")
+                    cid, node = int(msg.content["metrics"]["cid"]), msg.metadata.src_node_id
+                    if cid in node_of:
+                        raise FedPerError(
+                            f"two nodes ({node_of[cid]} and {node}) serve partition-id={cid}: "
+                            "give every SuperNode its own partition-id"
+                        )
+                    node_of[cid] = node
+            elif time.monotonic() > deadline:
+                missing = sorted(set(range(self.num_clients)) - set(node_of))
+                raise FedPerError(
+                    f"client(s) {missing} did not connect within engine.connect_timeout="
+                    f"{self.connect_timeout:.0f} s: start a SuperNode with partition-id=<cid> "
+                    "for each, or raise engine.connect_timeout"
+                )
+            else:
+                time.sleep(0.2)
+        return node_of
 
 
-def run_server(grid: Grid, spec: RunSpec) -> RunResults:
+def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -> RunResults:
+    """Every round of the planned run, continuing after its checkpoint if there is one."""
+    spec = plan.spec
     cfg = spec.cfg
     run_dir = Path(spec.run_dir)
     algorithm = ALGORITHMS[cfg.algorithm]
-    header = {
-        "run_id": spec.run_id,
-        "config": spec.config,
-        "partition": FederatedDataset.load(run_dir).summary(),
-    }
+    header = {"run_id": spec.run_id, "config": spec.config, **plan.header}
     checkpoint = load_checkpoint(run_dir, spec.run_id)
     if checkpoint is None:
-        model = build_model(cfg, seed=cfg.seed).to(resolve_device(cfg.server_device))
-        ClientStateStore(spec.state_dir).save_initial(model.part_state(("base", "head")))
-        first_round, arrays = 1, ArrayRecord(model.part_state(algorithm.shared_parts))
+        # the server never trains: its model stays on the CPU, whatever the clients use
+        model = build_model(cfg, seed=cfg.seed)
+        first_round, arrays = 1, model.part_state(algorithm.shared_parts)
         results = RunResults(run_dir, header)
         results.write()
     else:
@@ -109,100 +169,58 @@ def run_server(grid: Grid, spec: RunSpec) -> RunResults:
         results = RunResults.resume(run_dir, header, completed)
         log.info("resuming %s after round %d", run_dir, completed)
 
-    strategy = FedPerStrategy(
-        discover_clients(grid, cfg.num_clients), cfg.clients_per_round, cfg.seed
-    )
+    link = ClientLink(grid, plan, stop)
+    strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
-        train_messages = list(strategy.configure_train(round_num, arrays, ConfigRecord(), grid))
-        train_replies = exchange(grid, train_messages)
+        record = ArrayRecord(arrays) if arrays else ArrayRecord()
+        config = link.config(round_num)
+        train_messages = list(strategy.configure_train(round_num, record, config, grid))
+        train_replies = link.exchange(train_messages, strategy.client_of_node)
         trained_at = time.perf_counter()
-        failures = strategy.failures(train_replies, "train")
-        trained = client_metrics(train_replies)
-        check_enough(cfg, round_num, "train", len(trained), failures)
-        aggregated, _ = strategy.aggregate_train(round_num, train_replies)
+        aggregated = strategy.aggregate_shared(round_num, train_replies)
         if aggregated is not None and algorithm.shared_parts:
             arrays = aggregated
         aggregated_at = time.perf_counter()
-        bytes_up = sum(
-            record_bytes(r.content["arrays"]) for r in train_replies if not r.has_error()
-        )
-        # every reply holds a client's shared part: free them before the next phase fills up
-        del train_replies
-
-        eval_messages = list(strategy.configure_evaluate(round_num, arrays, ConfigRecord(), grid))
-        eval_replies = exchange(grid, eval_messages)
+        record = ArrayRecord(arrays) if arrays else ArrayRecord()
+        eval_messages = list(strategy.configure_evaluate(round_num, record, config, grid))
+        eval_replies = link.exchange(eval_messages, strategy.client_of_node)
         evaluated_at = time.perf_counter()
-        failures += strategy.failures(eval_replies, "evaluate")
-        evaluated = client_metrics(eval_replies)
-        check_enough(cfg, round_num, "evaluate", len(evaluated), failures)
 
-        examples = sum(m["num-examples"] for m in trained.values())
-        sent = train_messages + eval_messages
-        entry = {
-            "round": round_num,
-            **summarize_evaluation(evaluated),
-            "train_loss": sum(m["train_loss"] * m["num-examples"] for m in trained.values())
-            / max(examples, 1),
-            "seconds": evaluated_at - started,
-            "bytes_down": sum(record_bytes(m.content["arrays"]) for m in sent),
-            "bytes_up": bytes_up,
-            "clients_ok": len(evaluated),
-            "clients_failed": len(failures),
-            "trained_clients": sorted(trained),
-            "per_client": {
-                str(cid): {
-                    "accuracy": m["accuracy"],
-                    "loss": m["loss"],
-                    "num_examples": int(m["num-examples"]),
-                    **({"train_loss": trained[cid]["train_loss"]} if cid in trained else {}),
-                }
-                for cid, m in sorted(evaluated.items())
-            },
-            "failures": failures,
-            "timing": {
-                "train_wall": trained_at - started,
-                "aggregate": aggregated_at - trained_at,
-                "evaluate_wall": evaluated_at - aggregated_at,
-                "train_clients": phase_seconds(trained),
-                "evaluate_clients": phase_seconds(evaluated),
-                # the previous round's results, plot and checkpoint: outside `seconds`
-                "bookkeeping_before": started - previous_done if previous_done else 0.0,
-            },
-        }
+        entry = round_entry(
+            strategy, round_num, train_replies, eval_replies, cfg.min_successful_clients
+        )
+        entry["bytes_down"] = sum(record_bytes(m.content["arrays"]) for m in train_messages)
+        entry["bytes_down"] += sum(record_bytes(m.content["arrays"]) for m in eval_messages)
+        entry["seconds"] = evaluated_at - started
+        entry["timing"].update(
+            train_wall=trained_at - started,
+            aggregate=aggregated_at - trained_at,
+            evaluate_wall=evaluated_at - aggregated_at,
+            # the previous round's results, plot and checkpoint: outside `seconds`
+            bookkeeping_before=started - previous_done if previous_done else 0.0,
+        )
+        del train_replies, eval_replies  # every reply holds a client's shared arrays
         previous_done = evaluated_at
         # results first: a crash between the two reruns this round, with identical numbers
         results.add(entry)
-        save_checkpoint(run_dir, spec.run_id, round_num, arrays)
-        log.info(
-            "round %d/%d  accuracy %.3f (min %.3f)  loss %.3f  %.1f s%s",
-            round_num, cfg.num_rounds, entry["accuracy"], entry["accuracy_min"], entry["loss"],
-            entry["seconds"], f"  {len(failures)} client failure(s)" if failures else "",
-        )  # fmt: skip
-        for failure in failures:
-            log.warning(
-                "  client %s failed in %s: %s", failure["cid"], failure["phase"], failure["reason"]
-            )
+        save_checkpoint(run_dir, spec.run_id, round_num, dict(arrays))
+        log_round(entry, cfg.num_rounds)
     return results
 
 
-def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
-    """Seconds the clients spent per phase (setup, data, state, compute), summed."""
-    totals: dict[str, float] = {}
-    for metrics in per_client.values():
-        for key, value in metrics.items():
-            if key.startswith("seconds_"):
-                phase = key.removeprefix("seconds_")
-                totals[phase] = totals.get(phase, 0.0) + float(value)
-    return totals
-
-
-def check_enough(cfg, round_num: int, phase: str, succeeded: int, failures: list[dict]) -> None:
-    """A round goes on with the clients that succeeded, down to `min_successful_clients`."""
-    if succeeded < cfg.min_successful_clients:
-        detail = "; ".join(f"client {f['cid']}: {f['reason']}" for f in failures[:3])
-        raise FedPerError(
-            f"round {round_num} {phase}: only {succeeded} client(s) succeeded, fewer than "
-            f"min_successful_clients={cfg.min_successful_clients} ({detail})"
+def log_round(entry: dict, num_rounds: int) -> None:
+    failures = entry["failures"]
+    val = entry.get("val_accuracy")
+    log.info(
+        "round %d/%d  accuracy %.3f (min %.3f)%s  loss %.3f  %.1f s%s",
+        entry["round"], num_rounds, entry["accuracy"], entry["accuracy_min"],
+        f"  val {val:.3f}" if isinstance(val, float) and val == val else "",
+        entry["loss"], entry["seconds"],
+        f"  {len(failures)} client failure(s)" if failures else "",
+    )  # fmt: skip
+    for failure in failures:
+        log.warning(
+            "  client %s failed in %s: %s", failure["cid"], failure["phase"], failure["reason"]
         )

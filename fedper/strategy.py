@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from fedper.errors import FedPerError
 
 
 def record_bytes(record: ArrayRecord) -> int:
@@ -57,35 +60,53 @@ class FedPerStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["server-round"] = server_round
         return self._messages(self.sample_clients(server_round), arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Every client evaluates every round on its own test split."""
-        config["server-round"] = server_round
         return self._messages(sorted(self.node_of_client), arrays, config, MessageType.EVALUATE)
 
-    def aggregate_train(
+    def in_client_order(self, replies: Iterable[Message]) -> list[Message]:
+        """Float sums depend on their order and replies arrive in whatever order the workers
+        finish: everything the server adds up goes in client order, so reruns are identical."""
+        return sorted(replies, key=lambda m: self.client_of_node.get(m.metadata.src_node_id, -1))
+
+    def aggregate_shared(
         self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg over the replies in client order: float sums depend on their order, and
-        replies arrive in whatever order the workers finish, so a rerun would drift."""
-        ordered = sorted(
-            replies, key=lambda msg: self.client_of_node.get(msg.metadata.src_node_id, -1)
-        )
-        return super().aggregate_train(server_round, ordered)
+    ) -> dict[str, torch.Tensor] | None:
+        """FedAvg over the successful replies, in client order, in the dtypes clients sent.
+
+        Integer buffers (BatchNorm's `num_batches_tracked`) are counters, not weights: they
+        take the largest count among the clients instead of a float average truncated on load.
+        """
+        ok = [m for m in self.in_client_order(replies) if not m.has_error()]
+        if not ok:
+            return None
+        averaged, _ = super().aggregate_train(server_round, ok)
+        if averaged is None:
+            return None
+        sent = [m.content[self.arrayrecord_key] for m in ok]
+        out = {}
+        for key, array in averaged.items():
+            dtype = sent[0][key].numpy().dtype
+            if np.issubdtype(dtype, np.integer):
+                value = np.max(np.stack([record[key].numpy() for record in sent]), axis=0)
+            else:
+                value = array.numpy().astype(dtype, copy=False)
+            out[key] = torch.from_numpy(np.array(value))  # a copy, 0-d stays 0-d
+        return out
 
     def failures(self, replies: list[Message], phase: str) -> list[dict]:
-        """Clients whose reply carries an error instead of results."""
+        """Clients whose reply carries an error instead of results, in client order."""
         return [
             {
                 "cid": self.client_of_node.get(msg.metadata.src_node_id, -1),
                 "phase": phase,
                 "reason": failure_reason(msg.error.reason),
             }
-            for msg in replies
+            for msg in self.in_client_order(replies)
             if msg.has_error()
         ]
 
@@ -100,35 +121,34 @@ def failure_reason(text: str) -> str:
 
 
 def client_metrics(replies: list[Message]) -> dict[int, dict]:
-    """cid -> the metrics a client reported, from the replies that succeeded."""
+    """cid -> the metrics a client reported, from the replies that succeeded, by client id."""
     out = {}
     for msg in replies:
         if msg.has_error():
             continue
         metrics: MetricRecord = msg.content["metrics"]
-        cid = int(metrics["cid"])
-        out[cid] = {k: v for k, v in metrics.items() if k != "cid"}
-    return out
+        out[int(metrics["cid"])] = {k: v for k, v in metrics.items() if k != "cid"}
+    return dict(sorted(out.items()))
+
+
+SUMMARY_KEYS = ("accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
+                "loss_weighted", "val_accuracy", "val_loss")  # fmt: skip
 
 
 def summarize_evaluation(per_client: dict[int, dict]) -> dict:
-    """The round's numbers: unweighted mean over clients (what the paper plots) and more."""
+    """The round's numbers: unweighted mean over clients (what the paper plots) and more.
+
+    Sums run over clients in client-id order (`per_client` is sorted), so the same
+    per-client numbers always give the same summary, to the last digit.
+    """
+    nan = float("nan")
     if not per_client:
-        nan = float("nan")
-        return {
-            k: nan
-            for k in (
-                "accuracy",
-                "accuracy_weighted",
-                "accuracy_std",
-                "accuracy_min",
-                "loss",
-                "loss_weighted",
-            )
-        }
-    acc = np.array([m["accuracy"] for m in per_client.values()])
-    loss = np.array([m["loss"] for m in per_client.values()])
-    counts = np.array([m["num-examples"] for m in per_client.values()], dtype=float)
+        return dict.fromkeys(SUMMARY_KEYS, nan)
+    rows = [per_client[cid] for cid in sorted(per_client)]
+    acc = np.array([m["accuracy"] for m in rows])
+    loss = np.array([m["loss"] for m in rows])
+    counts = np.array([m["num-examples"] for m in rows], dtype=float)
+    val = [m for m in rows if m.get("num_val_examples", 0) > 0]
     return {
         "accuracy": float(acc.mean()),
         "accuracy_weighted": float((acc * counts).sum() / counts.sum()),
@@ -136,4 +156,79 @@ def summarize_evaluation(per_client: dict[int, dict]) -> dict:
         "accuracy_min": float(acc.min()),
         "loss": float(loss.mean()),
         "loss_weighted": float((loss * counts).sum() / counts.sum()),
+        "val_accuracy": float(np.mean([m["val_accuracy"] for m in val])) if val else nan,
+        "val_loss": float(np.mean([m["val_loss"] for m in val])) if val else nan,
     }
+
+
+def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
+    """Seconds the clients spent per phase (data, state, compute), summed."""
+    totals: dict[str, float] = {}
+    for metrics in per_client.values():
+        for key, value in metrics.items():
+            if key.startswith("seconds_"):
+                phase = key.removeprefix("seconds_")
+                totals[phase] = totals.get(phase, 0.0) + float(value)
+    return totals
+
+
+def round_entry(
+    strategy: FedPerStrategy,
+    round_num: int,
+    train_replies: list[Message],
+    eval_replies: list[Message],
+    min_successful: int,
+) -> dict:
+    """One round of results.json from the replies; too few successes stop the run."""
+    failures = strategy.failures(train_replies, "train")
+    trained = client_metrics(train_replies)
+    check_enough(round_num, "train", len(trained), min_successful, failures)
+    failures += strategy.failures(eval_replies, "evaluate")
+    evaluated = client_metrics(eval_replies)
+    check_enough(round_num, "evaluate", len(evaluated), min_successful, failures)
+    examples = sum(m["num-examples"] for m in trained.values())
+    per_client = {}
+    for cid, m in evaluated.items():
+        per_client[str(cid)] = {
+            "accuracy": m["accuracy"],
+            "loss": m["loss"],
+            "num_examples": int(m["num-examples"]),
+            "val_accuracy": m.get("val_accuracy"),
+            "val_loss": m.get("val_loss"),
+            "num_val_examples": int(m.get("num_val_examples", 0)),
+            **({"train_loss": trained[cid]["train_loss"]} if cid in trained else {}),
+        }
+    return {
+        "round": round_num,
+        **summarize_evaluation(evaluated),
+        "train_loss": sum(m["train_loss"] * m["num-examples"] for m in trained.values())
+        / max(examples, 1),
+        "bytes_up": sum(
+            record_bytes(r.content["arrays"])
+            for r in strategy.in_client_order(train_replies)
+            if not r.has_error()
+        ),
+        "clients_expected": len(eval_replies),
+        "clients_ok": len(evaluated),
+        "clients_failed": len(failures),
+        "partial": bool(failures),
+        "trained_clients": sorted(trained),
+        "per_client": per_client,
+        "failures": failures,
+        "timing": {
+            "train_clients": phase_seconds(trained),
+            "evaluate_clients": phase_seconds(evaluated),
+        },
+    }
+
+
+def check_enough(
+    round_num: int, phase: str, succeeded: int, min_successful: int, failures: list[dict]
+) -> None:
+    """A round goes on with the clients that succeeded, down to `min_successful_clients`."""
+    if succeeded < min_successful:
+        detail = "; ".join(f"client {f['cid']}: {f['reason']}" for f in failures[:3])
+        raise FedPerError(
+            f"round {round_num} {phase}: only {succeeded} client(s) succeeded, fewer than "
+            f"min_successful_clients={min_successful} ({detail})"
+        )

@@ -155,36 +155,19 @@ def test_plain_average_weights_by_examples_and_keeps_dtypes():
 
 
 def test_plain_loop_repeats_the_client_apps_work(tmp_path):
-    """One round through the ClientApp's functions and through the plain loop agree."""
-    from flwr.app import ArrayRecord, MessageType
+    """One round through the ClientApp (in process) and through the plain loop agree."""
+    from harness import plan_local, run_local
 
-    from fedper import client_app
+    from fedper import client
     from fedper.bench import run_plain
-    from tests.test_client_cache import call, shared_arrays, start_run
 
-    spec, initial = start_run(tmp_path, "run")
-    client_app._RUNTIME = None
-    try:
-        arrays = shared_arrays(spec, initial)
-        replies = [call(spec, MessageType.TRAIN, cid, 1, arrays) for cid in (0, 1)]
-        examples = [r.content["metrics"]["num-examples"] for r in replies]
-        states = [r.content["arrays"].to_torch_state_dict() for r in replies]
-        averaged = {
-            key: sum(s[key].double() * n for s, n in zip(states, examples, strict=True))
-            / sum(examples)
-            for key in states[0]
-        }
-        averaged = ArrayRecord({k: v.to(states[0][k].dtype) for k, v in averaged.items()})
-        evaluated = [call(spec, MessageType.EVALUATE, cid, 1, averaged) for cid in (0, 1)]
-    finally:
-        client_app._RUNTIME = None
-    accuracy = np.mean([r.content["metrics"]["accuracy"] for r in evaluated])
-    loss = np.mean([r.content["metrics"]["loss"] for r in evaluated])
-
-    federated = {"rounds": [{"round": 1, "trained_clients": [0, 1]}]}
-    plain = run_plain(spec.to_json(), federated, workers=2, parallel=False)
+    plan = plan_local(tmp_path, ["dataset=synthetic", "dataset.size=240", "num_clients=2",
+                                 "clients_per_round=2", "num_rounds=1", "batch_size=16"])  # fmt: skip
+    (federated,) = run_local(plan).rounds
+    client._WORKERS.clear()
+    plain = run_plain(plan.spec.to_json(), {"rounds": [federated]}, workers=2, parallel=False)
     (entry,) = plain["rounds"]
-    assert entry["accuracy"] == pytest.approx(accuracy)
-    assert entry["loss"] == pytest.approx(loss, rel=1e-5)
+    assert entry["accuracy"] == pytest.approx(federated["accuracy"])
+    assert entry["loss"] == pytest.approx(federated["loss"], rel=1e-5)
     assert entry["train_compute"] > 0 and entry["evaluate_compute"] > 0
     assert plain["workers"] == 2

@@ -1,164 +1,237 @@
-"""The ClientApp's handlers called in-process: what leaves a client, and which head it uses."""
+"""The ClientApp's handlers called in-process: what leaves a client, which head it uses,
+and that a message (plus the node's own config) is all a client needs."""
 
+import dataclasses
 import os
 
 import pytest
 import torch
-from conftest import make_config
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from harness import node_configs, plan_local, run_local, set_task_identity
 
-from fedper import client_app
-from fedper.algorithms import ALGORITHMS
-from fedper.client_state import ClientStateStore
-from fedper.config import SPEC_ENV_VAR, derive_run_spec
-from fedper.data import prepare_dataset
-from fedper.errors import StateFileError
+from fedper import client, client_app
+from fedper.config import SPEC_KEY
+from fedper.errors import FedPerError
 from fedper.models import build_model
-
-SMALL = [
-    "dataset=digits",
-    "model.width_multiplier=0.25",
-    "num_clients=3",
-    "clients_per_round=3",
-    "num_epochs=1",
-    "batch_size=32",
-]
-
-
-class Run:
-    """A prepared run (partition, initial state, spec in the environment) to call handlers on."""
-
-    def __init__(self, tmp_path, algorithm, extra=()):
-        self.cfg = make_config(
-            [*SMALL, f"algorithm={algorithm}", f"data_dir={tmp_path}/datasets",
-             f"state_dir={tmp_path}/client_states", *extra]
-        )  # fmt: skip
-        self.spec = derive_run_spec(self.cfg, tmp_path / "run")
-        os.makedirs(self.spec.run_dir, exist_ok=True)
-        prepare_dataset(self.cfg).save(self.spec.run_dir)
-        self.initial = build_model(self.cfg, seed=self.cfg.seed)
-        self.store = ClientStateStore(self.spec.state_dir)
-        self.store.save_initial(self.initial.part_state(("base", "head")))
-        self.algorithm = ALGORITHMS[algorithm]
-        self.shared = ArrayRecord(self.initial.part_state(self.algorithm.shared_parts))
-        os.environ[SPEC_ENV_VAR] = self.spec.to_json()
-
-    def message(self, kind, round_num, arrays=None):
-        content = RecordDict(
-            {
-                "arrays": arrays if arrays is not None else self.shared,
-                "config": ConfigRecord({"server-round": round_num}),
-            }
-        )
-        return Message(content=content, message_type=kind, dst_node_id=1)
-
-    def call(self, handler, kind, cid, round_num, arrays=None):
-        os.environ[SPEC_ENV_VAR] = self.spec.to_json()
-        context = Context(
-            run_id=1,
-            node_id=cid + 1,
-            node_config={"partition-id": cid, "num-partitions": self.cfg.num_clients},
-            state=RecordDict(),
-            run_config={},
-        )
-        return handler(self.message(kind, round_num, arrays), context)
-
-    def train(self, cid, round_num, arrays=None):
-        return self.call(client_app.train_round, MessageType.TRAIN, cid, round_num, arrays)
-
-    def evaluate(self, cid, round_num, arrays=None):
-        return self.call(client_app.evaluate_round, MessageType.EVALUATE, cid, round_num, arrays)
+from fedper.state import DiskHeadStore
 
 
 @pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+def fresh_worker():
+    """Each test starts as a new worker process would: no worker cached, a task identity."""
+    set_task_identity()
+    client._WORKERS.clear()
     yield
-    os.environ.pop(SPEC_ENV_VAR, None)
-    client_app._RUNTIME = None
+    client._WORKERS.clear()
 
 
-def head_of(model_or_state):
-    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
-    return {k: v.clone() for k, v in state.items() if k.startswith("head.")}
+class Node:
+    """One client's node: its node config, and handlers called with a message built here."""
+
+    def __init__(self, plan, cid, **node_config):
+        self.plan, self.cid = plan, cid
+        self.config = {"partition-id": cid, "num-partitions": plan.spec.cfg.num_clients}
+        self.config.update(node_config)
+        initial = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed)
+        self.shared = initial.part_state(client_app_algorithm(plan).shared_parts)
+
+    def message(self, kind, round_num, arrays=None):
+        arrays = ArrayRecord(self.shared if arrays is None else arrays)
+        config = ConfigRecord({SPEC_KEY: self.plan.spec.to_json(), "server-round": round_num})
+        content = RecordDict({"arrays": arrays, "config": config})
+        return Message(content=content, message_type=kind, dst_node_id=self.cid + 1)
+
+    def call(self, handler, kind, round_num, arrays=None):
+        context = Context(
+            run_id=1, node_id=self.cid + 1, node_config=self.config, state=RecordDict(),
+            run_config={},
+        )  # fmt: skip
+        return handler(self.message(kind, round_num, arrays), context)
+
+    def introduce(self):
+        return self.call(client_app.introduce, MessageType.QUERY, 0)
+
+    def train(self, round_num, arrays=None):
+        return self.call(client_app.train_round, MessageType.TRAIN, round_num, arrays)
+
+    def evaluate(self, round_num, arrays=None):
+        return self.call(client_app.evaluate_round, MessageType.EVALUATE, round_num, arrays)
+
+
+def client_app_algorithm(plan):
+    from fedper.algorithms import ALGORITHMS
+
+    return ALGORITHMS[plan.spec.cfg.algorithm]
+
+
+def store(plan):
+    return DiskHeadStore(f"{plan.spec.state_dir}/{plan.spec.run_id}")
+
+
+def test_a_handler_needs_nothing_but_the_message_and_its_node_config(tmp_path, monkeypatch):
+    plan = plan_local(tmp_path)
+    for name in list(os.environ):  # an empty environment: no variable carries the settings
+        monkeypatch.delenv(name)
+    node = Node(plan, 1)
+    assert node.introduce().content["metrics"]["cid"] == 1
+    reply = node.train(1)
+    assert reply.content["metrics"]["num-examples"] > 0
+    metrics = node.evaluate(1).content["metrics"]
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["cid"] == 1
 
 
 def test_fedper_sends_only_the_base(tmp_path):
-    run = Run(tmp_path, "fedper")
-    reply = run.train(0, 1)
+    plan = plan_local(tmp_path)
+    reply = Node(plan, 0).train(1)
     sent = set(reply.content["arrays"].keys())
-    assert sent == set(run.initial.part_keys(("base",)))
-    assert not any(key.startswith("head.") for key in sent)
-    assert reply.content["metrics"]["num-examples"] > 0
+    model = build_model(plan.spec.cfg)
+    assert sent == set(model.part_keys(("base",)))
 
 
 @pytest.mark.parametrize(("algorithm", "parts"), [("fedavg", ("base", "head")), ("local", ())])
 def test_other_algorithms_send_what_they_share(tmp_path, algorithm, parts):
-    run = Run(tmp_path, algorithm)
-    reply = run.train(1, 1)
-    assert set(reply.content["arrays"].keys()) == set(run.initial.part_keys(parts))
+    plan = plan_local(tmp_path, [f"algorithm={algorithm}"])
+    reply = Node(plan, 1).train(1)
+    model = build_model(plan.spec.cfg)
+    assert set(reply.content["arrays"].keys()) == set(model.part_keys(parts))
 
 
 def test_head_used_in_round_2_is_the_one_saved_after_round_1(tmp_path):
-    run = Run(tmp_path, "fedper")
-    run.train(0, 1)
-    saved_after_round_1 = run.store.load(0, before_round=2)
-    assert saved_after_round_1 is not None
-    # the trained head differs from the initial one
-    initial_head = head_of(run.initial)
-    assert any(not torch.equal(saved_after_round_1[k], initial_head[k]) for k in initial_head)
-    # another client trains in between on the same worker (same model object)
-    run.train(1, 1)
-    runtime = client_app.runtime_for(run.spec)
-    model = runtime.prepare_model(0, run.shared, before_round=2)
-    for key, value in saved_after_round_1.items():
+    plan = plan_local(tmp_path)
+    first, second = Node(plan, 0), Node(plan, 1)
+    first.train(1)
+    saved = store(plan).load(0, before_round=2)
+    initial = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed).part_state(("head",))
+    assert any(not torch.equal(saved[k], initial[k]) for k in initial)
+    second.train(1)  # another client trains in between on the same worker (same model object)
+    worker = next(iter(client._WORKERS.values()))
+    model = worker.prepare_model(0, first.shared, before_round=2)
+    for key, value in saved.items():
         assert torch.equal(model.state_dict()[key], value), key
-    # and the round-2 training starts from it: after training, version 1 is still kept
-    run.train(0, 2)
-    assert set(run.store.versions(0)) == {1, 2}
+    first.train(2)
+    assert set(store(plan).versions(0)) == {1, 2}
 
 
 def test_evaluation_uses_the_head_trained_this_round_and_changes_nothing(tmp_path):
-    run = Run(tmp_path, "fedper")
-    run.train(2, 1)
-    before = {k: v.clone() for k, v in run.store.load(2, before_round=2).items()}
-    first = run.evaluate(2, 1).content["metrics"]
-    second = run.evaluate(2, 1).content["metrics"]
-    assert first["accuracy"] == second["accuracy"] and first["loss"] == second["loss"]
-    after = run.store.load(2, before_round=2)
+    plan = plan_local(tmp_path)
+    node = Node(plan, 2)
+    node.train(1)
+    before = store(plan).load(2, before_round=2)
+    first = node.evaluate(1).content["metrics"]
+    second = node.evaluate(1).content["metrics"]
+    assert (first["accuracy"], first["loss"]) == (second["accuracy"], second["loss"])
+    after = store(plan).load(2, before_round=2)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_a_client_not_yet_trained_starts_from_the_initial_global_head(tmp_path):
-    run = Run(tmp_path, "fedper")
-    runtime = client_app.runtime_for(run.spec)
-    model = runtime.prepare_model(1, run.shared, before_round=1)
-    for key, value in head_of(run.initial).items():
+def test_a_client_not_yet_trained_starts_from_the_seeded_initial_head(tmp_path):
+    plan = plan_local(tmp_path)
+    node = Node(plan, 1)
+    node.introduce()
+    worker = next(iter(client._WORKERS.values()))
+    model = worker.prepare_model(1, node.shared, before_round=1)
+    initial = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed)
+    for key, value in initial.part_state(("head",)).items():
         assert torch.equal(model.state_dict()[key], value)
 
 
 def test_fedavg_ft_fine_tunes_for_evaluation_without_keeping_it(tmp_path):
-    run = Run(tmp_path, "fedavg_ft", ["finetune_epochs=2"])
-    plain = Run(tmp_path / "plain", "fedavg")
-    tuned = run.evaluate(0, 1).content["metrics"]
-    untuned = plain.evaluate(0, 1).content["metrics"]
+    tuned_plan = plan_local(tmp_path, ["algorithm=fedavg_ft", "finetune_epochs=2"], "tuned")
+    plain_plan = plan_local(tmp_path, ["algorithm=fedavg"], "plain")
+    tuned = Node(tuned_plan, 0).evaluate(1).content["metrics"]
+    untuned = Node(plain_plan, 0).evaluate(1).content["metrics"]
     assert tuned["loss"] != untuned["loss"]
-    assert not any(run.store.path(c).exists() for c in range(3)), "fine-tuned head was saved"
+    assert not store(tuned_plan).path(0).exists(), "the fine-tuned head was saved"
 
 
-def test_a_truncated_head_file_is_reported_not_reinitialized(tmp_path):
-    run = Run(tmp_path, "fedper")
-    run.train(0, 1)
-    path = run.store.path(0)
+def test_a_truncated_head_file_is_a_client_failure_naming_the_file(tmp_path):
+    plan = plan_local(tmp_path)
+    node = Node(plan, 0)
+    node.train(1)
+    path = store(plan).path(0)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(StateFileError, match="client_0.pt.*delete it"):
-        run.train(0, 2)
+    with pytest.raises(FedPerError, match="client_0.pt.*delete it"):
+        node.train(2)
 
 
-def test_a_head_of_the_wrong_shape_is_reported(tmp_path):
-    run = Run(tmp_path, "fedper")
-    other = build_model(make_config([*SMALL, "dataset.total_classes=3"]))
-    run.store.save(0, 1, other.part_state(("head",)))
-    with pytest.raises(StateFileError, match="does not fit"):
-        run.train(0, 2)
+def test_a_head_with_one_flipped_byte_is_caught_by_its_checksum(tmp_path):
+    plan = plan_local(tmp_path)
+    node = Node(plan, 0)
+    node.train(1)
+    path = store(plan).path(0)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor bytes: torch.load alone would accept it
+    path.write_bytes(bytes(data))
+    with pytest.raises(FedPerError, match="client_0.pt is damaged"):
+        node.train(2)
+
+
+def fatal_reason(reply):
+    assert not reply.has_error()
+    return str(reply.content.config_records["fatal"]["reason"])
+
+
+def test_a_partition_that_differs_from_the_servers_stops_the_run(tmp_path):
+    plan = plan_local(tmp_path)
+    wrong = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, fingerprint="0" * 64))
+    assert "partition built on node" in fatal_reason(Node(wrong, 0).introduce())
+    with pytest.raises(FedPerError, match="partition built on node .* differs from the server"):
+        run_local(wrong)
+
+
+def test_an_initial_model_that_differs_from_the_servers_stops_the_run(tmp_path):
+    plan = plan_local(tmp_path)
+    wrong = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, initial_digest="0"))
+    with pytest.raises(FedPerError, match="seeded initial model on node .* differs"):
+        run_local(wrong)
+
+
+def test_a_node_without_the_data_folder_stops_the_run_naming_path_and_node(tmp_path):
+    plan = plan_local(tmp_path)
+    missing = tmp_path / "nowhere"
+    nodes = node_configs(3)
+    nodes[2]["data-dir"] = str(missing)
+    with pytest.raises(FedPerError, match=f"data_dir {missing} does not exist on node "):
+        run_local(plan, nodes)
+
+
+def test_wrong_num_partitions_is_one_clear_error(tmp_path):
+    plan = plan_local(tmp_path)
+    with pytest.raises(FedPerError, match="num-partitions=4 but the run has num_clients=3"):
+        run_local(plan, node_configs(3, **{"num-partitions": 4}))
+
+
+def test_two_nodes_claiming_one_partition_id_stop_the_run(tmp_path):
+    plan = plan_local(tmp_path)
+    nodes = node_configs(3)
+    nodes[2]["partition-id"] = 1
+    with pytest.raises(FedPerError, match=r"two nodes \(1001 and 1002\) serve partition-id=1"):
+        run_local(plan, nodes)
+
+
+def test_a_node_that_never_connects_fails_the_run_naming_the_missing_clients(tmp_path):
+    plan = plan_local(tmp_path, ["engine.connect_timeout=0.3"])
+    with pytest.raises(FedPerError, match=r"client\(s\) \[0, 2\] did not connect within "):
+        run_local(plan, [node_configs(3)[1]])
+
+
+def test_each_node_keeps_its_heads_in_its_own_state_dir(tmp_path):
+    plan = plan_local(tmp_path, ["num_clients=2", "clients_per_round=2"])
+    nodes = [dict(config, **{"state-dir": str(tmp_path / f"node{cid}")})
+             for cid, config in enumerate(node_configs(2))]  # fmt: skip
+    results = run_local(plan, nodes)
+    assert [r["round"] for r in results.rounds] == [1, 2]
+    for cid in (0, 1):
+        heads = sorted(p.name for p in (tmp_path / f"node{cid}").rglob("*.pt"))
+        assert heads == [f"client_{cid}.pt"]
+    assert not (tmp_path / "states").exists()
+
+
+def test_in_process_run_matches_itself_and_records_provenance(tmp_path):
+    a = run_local(plan_local(tmp_path, name="a"))
+    b = run_local(plan_local(tmp_path, name="b"))
+    assert [r["per_client"] for r in a.rounds] == [r["per_client"] for r in b.rounds]
+    assert [r["accuracy"] for r in a.rounds] == [r["accuracy"] for r in b.rounds]
+    versions, code = a.header["versions"], a.header["code_version"]
+    assert torch.__version__.startswith(versions["torch"]) and versions["flwr"] and versions["ray"]
+    assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool)  # this is a git checkout

@@ -3,10 +3,11 @@
 import pytest
 import torch
 from conftest import make_config
-from test_client_app import Run, task_identity  # noqa: F401  (autouse fixture)
+from harness import plan_local
 
-from fedper import client_app
+from fedper.client import NodePaths, worker_for
 from fedper.config import ConfigError, resolve_performance, validate_config
+from fedper.models import build_model
 
 
 def test_auto_is_off_on_the_cpu_and_on_for_cuda():
@@ -31,15 +32,15 @@ def test_unknown_switch_values_are_refused():
 
 
 def test_training_with_bf16_autocast_and_channels_last_forced_on_the_cpu(tmp_path):
-    run = Run(tmp_path, "fedper", ["performance.autocast=bf16", "performance.channels_last=true"])
-    reply = run.train(0, 1)
-    runtime = client_app.runtime_for(run.spec)
-    assert runtime.settings.autocast_dtype == torch.bfloat16
-    conv = next(m for m in runtime.model.modules() if isinstance(m, torch.nn.Conv2d))
+    plan = plan_local(tmp_path, ["performance.autocast=bf16", "performance.channels_last=true"])
+    worker = worker_for(plan.spec, NodePaths.of(plan.spec, {}))
+    assert worker.settings.autocast_dtype == torch.bfloat16
+    conv = next(m for m in worker.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    loss = reply.content["metrics"]["train_loss"]
+    shared = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed).part_state(("base",))
+    result = worker.train(0, 1, shared)
+    loss = result.metrics["train_loss"]
     assert loss == loss and 0 < loss < 10  # finite and sensible
-    accuracy = run.evaluate(0, 1).content["metrics"]["accuracy"]
-    assert 0 <= accuracy <= 1
+    assert 0 <= worker.evaluate(0, 1, shared)["accuracy"] <= 1
     # the shared arrays still travel as float32, whatever the compute precision
-    assert all(a.dtype in ("float32", "float64", "int64") for a in reply.content["arrays"].values())
+    assert all(t.dtype in (torch.float32, torch.int64) for t in result.shared.values())

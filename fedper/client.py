@@ -1,0 +1,291 @@
+"""The client's work, Flower-free: data, model, head, train, evaluate, fine-tune, save.
+
+A `ClientWorker` is everything one node needs for one run, built from the run's settings
+(`RunSpec`) and the node's own folders alone: it rebuilds its partition from its local copy
+of the dataset and checks it against the server's fingerprint, builds the seeded initial
+model and checks it against the server's digest, and keeps heads in a store it is given.
+`client_app.py` only translates Flower messages into `train`/`evaluate` calls and back; the
+benchmark's plain loop calls the same methods.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedper.algorithms import ALGORITHMS, Algorithm
+from fedper.config import RunSpec, resolve_device, resolve_performance
+from fedper.data import ClientData, prepare_dataset
+from fedper.data.federated import load_client_data
+from fedper.data.transforms import BatchTransform
+from fedper.errors import FedPerError, StateFileError
+from fedper.models import ModelSplit, build_model
+from fedper.state import DiskHeadStore, HeadStore, tensors_digest
+from fedper.training import TrainSettings, evaluate, train
+
+
+class ClientSetupError(FedPerError):
+    """A client cannot take part as configured; the server stops the run with this message."""
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where one node keeps its datasets and its heads (`data-dir`, `state-dir`)."""
+
+    data_dir: Path
+    state_dir: Path
+
+    @classmethod
+    def of(cls, spec: RunSpec, node_config: Mapping) -> NodePaths:
+        """The node's own folders from its node config, else the run's (shared) folders."""
+        return cls(
+            Path(str(node_config.get("data-dir") or spec.data_dir)).expanduser(),
+            Path(str(node_config.get("state-dir") or spec.state_dir)).expanduser(),
+        )
+
+
+def node_name() -> str:
+    return socket.gethostname()
+
+
+class Stopwatch:
+    """Seconds spent per phase of one call, reported to the server with the metrics."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def metrics(self) -> dict[str, float]:
+        return {f"seconds_{phase}": value for phase, value in self.seconds.items()}
+
+
+@dataclass
+class TrainResult:
+    shared: dict[str, torch.Tensor]  # what leaves the client: the algorithm's shared parts
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ClientWorker:
+    """One node's side of one run: model object, partition, transform and head store.
+
+    Each call overwrites every weight of the model (shared parts from the server, personal
+    parts from the store), so nothing carries over between the clients a worker serves.
+    """
+
+    def __init__(self, spec: RunSpec, paths: NodePaths, store: HeadStore | None = None) -> None:
+        cfg = spec.cfg
+        self.spec, self.cfg, self.paths = spec, cfg, paths
+        self.algorithm: Algorithm = ALGORITHMS[cfg.algorithm]
+        check_folders(paths)
+        self.device = resolve_device(cfg.client_device, "client_device")
+        self.performance = perf = resolve_performance(cfg, self.device)
+        torch.set_num_threads(max(1, int(cfg.client_resources.num_cpus)))
+        torch.backends.cudnn.benchmark = perf.cudnn_benchmark
+
+        model = build_model(cfg, seed=cfg.seed)
+        if tensors_digest(model.state_dict()) != spec.initial_digest:
+            raise ClientSetupError(
+                f"the seeded initial model on node {node_name()} differs from the server's: "
+                "install the same torch and fedper versions on every node"
+            )
+        self.initial = model.part_state(self.algorithm.personal_parts)
+        self.model: ModelSplit = model.to(self.device)
+        if perf.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+        self.dataset = prepare_dataset(cfg, paths.data_dir)
+        if self.dataset.fingerprint() != spec.fingerprint:
+            raise ClientSetupError(
+                f"the partition built on node {node_name()} from {paths.data_dir} differs from "
+                "the server's: every node needs the same dataset files and fedper version"
+            )
+        self.store = store if store is not None else DiskHeadStore(paths.state_dir / spec.run_id)
+        augment = cfg.dataset.get("augment") or {}
+        self.transform = BatchTransform(
+            cfg.dataset.image_size,
+            self.dataset.mean,
+            self.dataset.std,
+            crop_padding=augment.get("crop_padding", 0),
+            flip=augment.get("flip", False),
+            channels_last=perf.channels_last,
+        )
+        self.settings = TrainSettings(
+            epochs=cfg.num_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            autocast_dtype=perf.autocast_dtype,
+        )
+        self._host_data: dict[int, ClientData] = {}
+        self._device_data: tuple[int, ClientData] | None = None
+
+    def check_client(self, cid: int, num_partitions: int | None) -> None:
+        """This node's partition-id and num-partitions fit the run."""
+        clients = self.cfg.num_clients
+        if num_partitions is not None and int(num_partitions) != clients:
+            raise ClientSetupError(
+                f"client {cid} on node {node_name()} has num-partitions={num_partitions} but "
+                f"the run has num_clients={clients}: start its SuperNode with "
+                f"--node-config 'num-partitions={clients} ...'"
+            )
+        if not 0 <= cid < clients:
+            raise ClientSetupError(
+                f"node {node_name()} has partition-id={cid}, outside 0-{clients - 1} for "
+                f"num_clients={clients}"
+            )
+
+    def data(self, cid: int) -> ClientData:
+        """A client's rows, read once per worker; only the client being served is on the GPU."""
+        if cid not in self._host_data:
+            self._host_data[cid] = load_client_data(self.dataset, cid, "cpu")
+        target = self.performance.data_device
+        if target.type == "cpu":
+            return self._host_data[cid]
+        if self._device_data is None or self._device_data[0] != cid:
+            self._device_data = None  # free the previous client's device copy first
+            host = self._host_data[cid]
+            self._device_data = (cid, ClientData(*(t.to(target) for t in vars(host).values())))
+        return self._device_data[1]
+
+    def generator(self, cid: int, round_num: int, phase: int) -> torch.Generator:
+        """Shuffling and augmentation depend on (seed, round, client) only, not on the worker."""
+        seed = np.random.SeedSequence([self.cfg.seed, round_num, cid, phase]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def prepare_model(
+        self, cid: int, shared: Mapping[str, torch.Tensor] | None, before_round: int
+    ) -> ModelSplit:
+        """Global shared parts from the server, personal parts from this client's store."""
+        if self.algorithm.shared_parts:
+            self.model.load_parts(dict(shared or {}), self.algorithm.shared_parts)
+        if self.algorithm.personal_parts:
+            personal = self.store.load(cid, before_round)
+            try:
+                self.model.load_parts(
+                    personal if personal is not None else self.initial,
+                    self.algorithm.personal_parts,
+                )
+            except ValueError as error:
+                raise StateFileError(
+                    f"the saved head of client {cid} does not fit this model ({error}): delete "
+                    "it to restart this client from the initial head, or start a fresh run"
+                ) from None
+        return self.model
+
+    def train(
+        self, cid: int, round_num: int, shared: Mapping[str, torch.Tensor] | None
+    ) -> TrainResult:
+        """One round of local training; the personal parts are saved, the shared ones returned."""
+        clock = Stopwatch()
+        with clock("data"):
+            data = self.data(cid)
+        with clock("state"):
+            model = self.prepare_model(cid, shared, before_round=round_num)
+        with clock("compute"):
+            stats = train(
+                model,
+                data.train_images,
+                data.train_labels,
+                self.transform,
+                self.settings,
+                self.generator(cid, round_num, phase=0),
+            )
+        with clock("state"):
+            if self.algorithm.personal_parts:
+                self.store.save(cid, round_num, model.part_state(self.algorithm.personal_parts))
+            out = model.part_state(self.algorithm.shared_parts)
+        metrics = {"num-examples": stats["num_examples"], "train_loss": stats["loss"]}
+        return TrainResult(out, {**metrics, **clock.metrics()})
+
+    def evaluate(
+        self, cid: int, round_num: int, shared: Mapping[str, torch.Tensor] | None
+    ) -> dict[str, float]:
+        """Test and validation metrics with this round's global parts and the client's head."""
+        clock = Stopwatch()
+        with clock("data"):
+            data = self.data(cid)
+        # the head trained in this round (or earlier, if the client was not sampled)
+        with clock("state"):
+            model = self.prepare_model(cid, shared, before_round=round_num + 1)
+        with clock("compute"):
+            if self.algorithm.finetune_head and self.cfg.finetune_epochs > 0:
+                self.finetune_head(model, data, cid, round_num)
+            batch, dtype = self.cfg.batch_size, self.settings.autocast_dtype
+            test = evaluate(model, data.test_images, data.test_labels, self.transform, batch, dtype)
+            val = evaluate(model, data.val_images, data.val_labels, self.transform, batch, dtype)
+        return {
+            "num-examples": test["num_examples"],
+            "accuracy": test["accuracy"],
+            "loss": test["loss"],
+            "num_val_examples": val["num_examples"],
+            "val_accuracy": val["accuracy"] if val["num_examples"] else float("nan"),
+            "val_loss": val["loss"] if val["num_examples"] else float("nan"),
+            **clock.metrics(),
+        }
+
+    def finetune_head(self, model: ModelSplit, data: ClientData, cid: int, round_num: int) -> None:
+        """FedAvg-FT: adapt the received head to the client's training data, base frozen.
+
+        The fine-tuned weights are not kept: the next call overwrites the whole model.
+        """
+        model.freeze("base")
+        try:
+            settings = TrainSettings(**{**vars(self.settings), "epochs": self.cfg.finetune_epochs})
+            train(
+                model,
+                data.train_images,
+                data.train_labels,
+                self.transform,
+                settings,
+                self.generator(cid, round_num, phase=1),
+                parameters=list(model.head.parameters()),
+                frozen=model.base,
+            )
+        finally:
+            model.unfreeze()
+
+
+def check_folders(paths: NodePaths) -> None:
+    """The node sees its data folder and can write its head folder, or the run stops."""
+    if not paths.data_dir.is_dir():
+        raise ClientSetupError(
+            f"data_dir {paths.data_dir} does not exist on node {node_name()}: give every node "
+            "a path it sees (a shared file system for engine=ray, or the SuperNode's "
+            "--node-config data-dir=...)"
+        )
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ClientSetupError(
+            f"state_dir {paths.state_dir} cannot be created on node {node_name()} "
+            f"({error.strerror}): give every node a folder it can write"
+        ) from None
+
+
+_WORKERS: dict[str, ClientWorker] = {}
+
+
+def worker_for(spec: RunSpec, paths: NodePaths) -> ClientWorker:
+    """This process's worker for the run, built on the first call of the run and reused."""
+    # a resumed run with more rounds keeps its run id: the whole spec decides
+    key = f"{spec.to_json()}|{paths.data_dir}|{paths.state_dir}"
+    if key not in _WORKERS:
+        _WORKERS.clear()  # one run at a time per process: drop the previous run's model and data
+        _WORKERS[key] = ClientWorker(spec, paths)
+    return _WORKERS[key]

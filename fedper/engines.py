@@ -1,0 +1,251 @@
+"""Where the clients run: a local simulation, a Ray cluster, or Flower's Deployment Engine.
+
+Every engine runs the same ServerApp loop and the same ClientApp; only how they are started
+differs. `engine=simulation` starts a Ray instance of its own for this run (its own temp
+folder, removed afterwards) and never joins another; `engine=ray` joins the cluster at
+`engine.address`; `engine=deployment` submits the run to a SuperLink with `flwr run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedper.config import RunPlan
+from fedper.errors import FedPerError, Interrupted
+
+log = logging.getLogger("fedper")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FLOWER_CONNECTION = "fedper"  # the SuperLink connection's name in a run's own FLWR_HOME
+
+
+def run_on_engine(plan: RunPlan) -> None:
+    """Run the planned rounds on the configured engine; return when the run is complete."""
+    engine = plan.spec.cfg.engine.name
+    with signals_interrupt():
+        try:
+            if engine == "deployment":
+                deploy(plan)
+            else:
+                simulate(plan)
+        except KeyboardInterrupt:
+            raise interrupted(plan) from None
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers send) takes the same clean path as Ctrl-C."""
+
+    def raise_interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(plan: RunPlan) -> Interrupted:
+    from fedper.experiment import completed_rounds
+
+    cfg = plan.spec.cfg
+    done = completed_rounds(Path(plan.spec.run_dir))
+    return Interrupted(
+        f"interrupted after round {done} of {cfg.num_rounds}; continue with: "
+        f"python -m fedper.main resume={plan.spec.run_dir}"
+    )
+
+
+def quiet_frameworks() -> None:
+    """One line per round instead of Flower's and Ray's logs.
+
+    Flower resets its logger's level when a simulation starts, so a filter does the job.
+    Client failures are reported by the server, one line each, with the client's own message.
+    """
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False
+    if keep_critical not in flwr_logger.filters:
+        flwr_logger.addFilter(keep_critical)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower's link state
+
+
+def keep_critical(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
+@contextmanager
+def ray_for(plan: RunPlan) -> Iterator[None]:
+    """A Ray instance for this run: a new local one, or the configured cluster; shut down after.
+
+    Flower's Ray backend uses an instance that is already running, so starting it here
+    decides where the actors go. A local instance gets its own temp folder (removed at the
+    end, also after Ctrl-C) and no dashboard; RAY_ADDRESS is ignored while it starts.
+    """
+    import ray
+
+    cfg = plan.spec.cfg
+    common = {"logging_level": logging.ERROR, "log_to_driver": False}
+    temp_dir = None
+    saved_address = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        if cfg.engine.name == "ray":
+            runtime_env = {"env_vars": {"FLWR_TELEMETRY_ENABLED": "0"}}
+            if cfg.engine.ship_code:
+                runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
+            try:
+                ray.init(address=cfg.engine.address, runtime_env=runtime_env, **common)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise FedPerError(
+                    f"cannot join the Ray cluster at engine.address={cfg.engine.address} "
+                    f"({type(error).__name__}): start it with `ray start --head` or fix the address"
+                ) from None
+        else:
+            temp_dir = tempfile.mkdtemp(prefix="fedper-ray-")
+            # workers import fedper from wherever this process does (a checkout, PYTHONPATH)
+            pythonpath = os.pathsep.join(p for p in sys.path if p)
+            ray.init(
+                address="local",
+                num_cpus=cfg.engine.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                _temp_dir=temp_dir,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                **common,
+            )
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        if saved_address is not None:
+            os.environ["RAY_ADDRESS"] = saved_address
+
+
+def simulate(plan: RunPlan) -> None:
+    """Flower's Simulation Engine on Ray: the ServerApp in a thread, one actor per client slot."""
+    quiet_frameworks()  # before Flower's imports, which log as they load
+    from flwr.simulation import run_simulation
+
+    from fedper.client_app import app as client_app
+    from fedper.server_app import server_app_for
+
+    cfg = plan.spec.cfg
+    warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated")
+    stop = threading.Event()
+    backend_config = {
+        "client_resources": {
+            "num_cpus": cfg.client_resources.num_cpus,
+            "num_gpus": plan.spec.num_gpus,
+        },
+    }
+    with ray_for(plan):
+        try:
+            run_simulation(
+                server_app=server_app_for(plan, stop),
+                client_app=client_app,
+                num_supernodes=cfg.num_clients,
+                backend_config=backend_config,
+            )
+        except (FedPerError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            cause = error.__cause__ or error
+            raise FedPerError(
+                f"the {cfg.engine.name} engine stopped: {type(cause).__name__}: {cause}"
+            ) from None
+        finally:
+            stop.set()  # the server loop ends at its next exchange, whatever stopped the engine
+
+
+# Flower's own lines in `flwr run --stream` output that say nothing about the run's progress
+FLOWER_CHATTER = re.compile(
+    r"^(INFO|DEBUG)\s*:|^Using SuperLink|^Successfully installed|^Flower App configuration"
+    r"|^- Recommended property"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def flower_home(plan: RunPlan, home: Path) -> Path:
+    """A FLWR_HOME of this run's own holding one SuperLink connection, and the run config."""
+    import tomli_w
+
+    engine = plan.spec.cfg.engine
+    connection = {"address": engine.superlink, "insecure": bool(engine.insecure)}
+    if engine.get("root_certificates"):
+        connection["root-certificates"] = str(Path(engine.root_certificates).resolve())
+    config = {"superlink": {"default": FLOWER_CONNECTION, FLOWER_CONNECTION: connection}}
+    (home / "config.toml").write_text(tomli_w.dumps(config))
+    run_config = home / "run_config.toml"
+    run_config.write_text(tomli_w.dumps(plan.to_run_config()))
+    return run_config
+
+
+def flwr_command(*args: str) -> list[str]:
+    """The `flwr` CLI of this Python environment."""
+    script = Path(sys.executable).with_name("flwr")
+    if script.is_file():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from flwr.cli.app import app; app()", *args]
+
+
+def deploy(plan: RunPlan) -> None:
+    """Submit the run to a SuperLink with `flwr run` (a FAB built from this checkout) and
+    stream its log lines; the ServerApp writes the run directory where it runs."""
+    from fedper.experiment import completed_rounds
+
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        raise FedPerError(
+            f"engine=deployment builds the Flower app from a fedper checkout, and {PROJECT_ROOT} "
+            "has no pyproject.toml: run from a clone of the repository"
+        )
+    cfg = plan.spec.cfg
+    with tempfile.TemporaryDirectory(prefix="fedper-flwr-") as home:
+        run_config = flower_home(plan, Path(home))
+        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0"}
+        command = flwr_command(
+            "run", str(PROJECT_ROOT), FLOWER_CONNECTION, "--run-config", str(run_config), "--stream"
+        )
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        flower_run_id = None
+        try:
+            for line in process.stdout:
+                text = ANSI.sub("", line.rstrip())
+                if match := re.match(r"Successfully started run (\d+)", text):
+                    flower_run_id = match.group(1)
+                    continue
+                if text and not FLOWER_CHATTER.match(text):
+                    print(text, flush=True)
+            process.wait()
+        except KeyboardInterrupt:
+            if flower_run_id is not None:  # stop the run on the SuperLink, not only the stream
+                subprocess.run(flwr_command("stop", flower_run_id, FLOWER_CONNECTION), env=env,
+                               capture_output=True, timeout=60)  # fmt: skip
+            process.terminate()
+            process.wait()
+            raise
+    if flower_run_id is None:
+        raise FedPerError(
+            f"`flwr run` could not submit the run to the SuperLink at engine.superlink="
+            f"{cfg.engine.superlink} (exit {process.returncode}): is it running and reachable?"
+        )
+    done = completed_rounds(Path(plan.spec.run_dir))
+    if done < cfg.num_rounds:
+        raise FedPerError(
+            f"Flower run {flower_run_id} ended after round {done} of {cfg.num_rounds} (see the "
+            f"lines above); continue with: python -m fedper.main resume={plan.spec.run_dir}"
+        )
