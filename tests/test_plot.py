@@ -66,7 +66,7 @@ def test_summary_gives_mean_and_95_percent_interval_over_seeds(sweep: Path, tmp_
     markdown = (tmp_path / "out" / "summary.md").read_text()
     row = "| digits | MobileNet-v1 | FedPer | 4 | 2 | 4 | 3 (1–3) | 0.800 ± 0.248 | 0.625 ± 0.248 | – | 2.0 ± 0.0 | 0 |"  # fmt: skip
     assert row in markdown
-    assert "95% confidence interval" in markdown
+    assert "95% confidence interval" in markdown and "test at best val round" in markdown
 
 
 def test_one_seed_is_shown_without_an_interval(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from fedper.results import write_text_atomic
 MEASURE_TITLES = {
     "final": "final round",
     "last5": f"last {LAST_ROUNDS} rounds",
-    "best_val_test": "at best val round",
+    "best_val_test": "test at best val round",
     "round_to_95": f"round to {PLATEAU_SHARE:.0%}",
 }
 SUMMARY_NUMBERS = ("num_seeds", "seeds", "rounds_done", "partial_rounds") + tuple(
@@ -26,7 +26,7 @@ SUMMARY_NOTE = (
     "(Student t with n-1 degrees of freedom, sample std); a value without ± comes from one "
     "seed, and (n=k) says a measure had fewer seeds than the row. "
     f"final round: the last round. last {LAST_ROUNDS} rounds: the mean over each run's last "
-    f"{LAST_ROUNDS} rounds (its plateau). at best val round: the test accuracy of the round "
+    f"{LAST_ROUNDS} rounds (its plateau). test at best val round: the test accuracy of the round "
     "with the highest validation accuracy (– without a validation split). "
     f"round to {PLATEAU_SHARE:.0%}: the first round reaching {PLATEAU_SHARE:.0%} of the "
     "run's plateau. partial rounds: rounds, summed over seeds, that went on with fewer clients "
@@ -35,7 +35,9 @@ SUMMARY_NOTE = (
 DIFFERENCE_NOTE = (
     "Paired by seed (only seeds both settings ran): other minus reference, mean ± half-width "
     "of the 95% confidence interval of the per-seed differences (Student t, n-1 degrees of "
-    "freedom). Resolved when the interval excludes 0; not resolved otherwise."
+    "freedom). Resolved when the interval excludes 0; not resolved otherwise. Each interval "
+    "holds for its own comparison: among many comparisons, about 1 in 20 true zeros is "
+    "called resolved by chance."
 )
 
 
