@@ -36,8 +36,8 @@ DIFFERENCE_NOTE = (
     "Paired by seed (only seeds both settings ran): other minus reference, mean ± half-width "
     "of the 95% confidence interval of the per-seed differences (Student t, n-1 degrees of "
     "freedom). Resolved when the interval excludes 0; not resolved otherwise. Each interval "
-    "holds for its own comparison: among many comparisons, about 1 in 20 true zeros is "
-    "called resolved by chance."
+    "holds for its own comparison: where there is no true difference, about 1 comparison "
+    "in 20 is still called resolved by chance."
 )
 
 
