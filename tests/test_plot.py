@@ -108,10 +108,15 @@ def partial_lines(ax) -> list:
 
 def test_partial_rounds_are_marked_on_the_curve_and_counted(tmp_path: Path) -> None:
     # FedPer seed 1 went on with fewer clients in round 2, seed 2 (an older file) in round 3
-    write_run(tmp_path / "p1", config("fedper", 1), [0.2, 0.4, 0.6, 0.8],
-              partial=[False, True, False, False])  # fmt: skip
-    write_run(tmp_path / "p2", config("fedper", 2), [0.4, 0.6, 0.8, 1.0],
-              clients_failed=[0, 0, 1, 0])  # fmt: skip
+    write_run(
+        tmp_path / "p1",
+        config("fedper", 1),
+        [0.2, 0.4, 0.6, 0.8],
+        partial=[False, True, False, False],
+    )
+    write_run(
+        tmp_path / "p2", config("fedper", 2), [0.4, 0.6, 0.8, 1.0], clients_failed=[0, 0, 1, 0]
+    )
     write_run(tmp_path / "a1", config("fedavg", 1), [0.1, 0.2, 0.3, 0.4])
     runs = load_runs([tmp_path])
     curves = accuracy_curves(runs)
@@ -201,7 +206,9 @@ def run_plot(*args: str) -> subprocess.CompletedProcess:
 
 def test_command_line_writes_figures_summary_and_differences(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = run_plot(str(sweep), "--out", str(out), "--figure", "figure2", "--compare", "algorithm=fedper")  # fmt: skip
+    result = run_plot(
+        str(sweep), "--out", str(out), "--figure", "figure2", "--compare", "algorithm=fedper"
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "figure2_mobile.png").stat().st_size > 0
     for name in ("figure2_summary", "figure2_differences"):
@@ -251,4 +258,8 @@ def test_hardware_switches_do_not_split_a_setting() -> None:
     with_switches = {"algorithm": "fedper", "seed": 42, "performance": {"autocast": "auto"},
                      "client_resources": {"num_cpus": 1}, "server_device": "auto"}  # fmt: skip
     without = {"algorithm": "fedper", "seed": 43}
-    assert setting_from_config(with_switches) == setting_from_config(without) == {"algorithm": "fedper"}  # fmt: skip
+    assert (
+        setting_from_config(with_switches)
+        == setting_from_config(without)
+        == {"algorithm": "fedper"}
+    )

@@ -26,7 +26,8 @@ def test_interval_is_student_t_over_the_sample_std() -> None:
     three = mean_interval([0.7, 0.8, 0.9])
     assert (three.mean, three.n) == (pytest.approx(0.8), 3)
     assert three.half_width == pytest.approx(0.248414, abs=1e-6)
-    assert (three.low, three.high) == (pytest.approx(0.551586, abs=1e-6), pytest.approx(1.048414, abs=1e-6))  # fmt: skip
+    assert three.low == pytest.approx(0.551586, abs=1e-6)
+    assert three.high == pytest.approx(1.048414, abs=1e-6)
     # 0.5, 0.7: s = 0.141421, half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620
     assert mean_interval([0.5, 0.7]).half_width == pytest.approx(1.270620, abs=1e-6)
     # 0.1 .. 0.5: s = sqrt(0.025) = 0.158114, half-width 2.776445 * 0.158114 / sqrt(5) = 0.196324
@@ -95,10 +96,16 @@ def test_plateau_is_the_last_five_rounds_and_speed_the_first_round_at_95_percent
 
 
 def test_partial_rounds_are_counted_from_the_flag_or_older_failure_counts(tmp_path: Path) -> None:
-    write_run(tmp_path / "new", config("fedper", 1), [0.1, 0.2, 0.3, 0.4],
-              partial=[False, True, True, False], clients_failed=[0, 1, 1, 0])  # fmt: skip
-    write_run(tmp_path / "old", config("fedper", 2), [0.1, 0.2, 0.3, 0.4],
-              clients_failed=[0, 0, 2, 0])  # fmt: skip
+    write_run(
+        tmp_path / "new",
+        config("fedper", 1),
+        [0.1, 0.2, 0.3, 0.4],
+        partial=[False, True, True, False],
+        clients_failed=[0, 1, 1, 0],
+    )
+    write_run(
+        tmp_path / "old", config("fedper", 2), [0.1, 0.2, 0.3, 0.4], clients_failed=[0, 0, 2, 0]
+    )
     row = summary_table(load_runs([tmp_path])).iloc[0]
     assert row["partial_rounds"] == 3
 
@@ -138,7 +145,8 @@ def test_paired_differences_use_only_shared_seeds_within_a_group(tmp_path: Path)
 def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None:
     write_pairs(tmp_path)
     runs = load_runs([tmp_path])
-    with pytest.raises(PlotError, match="no setting has algorithm=fedprox; its values here are fedper, fedavg"):  # fmt: skip
+    message = "no setting has algorithm=fedprox; its values here are fedper, fedavg"
+    with pytest.raises(PlotError, match=message):
         paired_differences(runs, [parse_comparison("algorithm=fedprox")])
     with pytest.raises(PlotError, match="no setting varies or shows the key optimizer"):
         paired_differences(runs, [parse_comparison("optimizer=sgd")])

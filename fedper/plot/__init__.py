@@ -1,9 +1,8 @@
-"""Figures and tables rebuilt from results.json files alone: `python -m fedper.plot`.
+"""Figures and tables rebuilt from results.json files alone: `python -m fedper.plot`."""
 
-One module per concern: runs (reading results files), display (names, styles and order from
-the registries), stats (per-run measures and confidence intervals), compare (paired
-per-seed differences), tables (Markdown and CSV), figures (PNGs), cli (the command line).
-"""
+# One module per concern: runs (reading results files), display (names, styles and order from
+# the registries), stats (per-run measures and confidence intervals), compare (paired per-seed
+# differences), tables (Markdown and CSV), figures (PNGs), cli (the command line).
 
 from fedper.plot.cli import PlotOutput, main, plot_runs
 from fedper.plot.compare import Comparison, paired_differences, parse_comparison

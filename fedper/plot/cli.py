@@ -35,12 +35,10 @@ def plot_runs(
     band: str = "minmax",
     compare: Sequence[str] = (),
 ) -> PlotOutput:
-    """Figures, summary and (with `compare`) paired differences for every results.json below folders.
-
-    With `figure`, files are `<figure>_<model>.png`, `<figure>_summary.{csv,md}` and
-    `<figure>_differences.{csv,md}`, so several figures can share one output folder;
-    without, `accuracy_<dataset>_<model>.png`, `summary.*` and `differences.*`.
-    """
+    """Figures, summary and (with `compare`) paired differences for every results.json below."""
+    # With `figure`, files are `<figure>_<model>.png`, `<figure>_summary.{csv,md}` and
+    # `<figure>_differences.{csv,md}`, so several figures can share one output folder;
+    # without, `accuracy_<dataset>_<model>.png`, `summary.*` and `differences.*`.
     comparisons = [parse_comparison(spec) for spec in compare]  # a typo fails before drawing
     runs = load_runs(folders)
     prefix = f"{figure}_" if figure else ""

@@ -1,9 +1,8 @@
-"""Paired per-seed differences between settings that differ in one key (`--compare key=value`).
+"""Paired per-seed differences of settings that differ in one key (`--compare key=value`)."""
 
-`--compare algorithm=fedper` groups the settings that are equal on every key but `algorithm`
-and compares every other setting of a group against the one with algorithm=fedper, seed by
-seed: only seeds both ran count, and the interval is Student t over those differences.
-"""
+# `--compare algorithm=fedper` groups the settings that are equal on every key but `algorithm`
+# and compares every other setting of a group against the one with algorithm=fedper, seed by
+# seed: only seeds both ran count, and the interval is Student t over those differences.
 
 from __future__ import annotations
 
@@ -132,7 +131,9 @@ def paired_differences(runs: pd.DataFrame, comparisons: Iterable[Comparison]) ->
             )
         found_rows = paired_rows(comparison, settings, per_run)
         if not found_rows:
-            log.warning("--compare %s: no other setting differs only in %s", comparison.name, comparison.key)  # fmt: skip
+            log.warning(
+                "--compare %s: no other setting differs only in %s", comparison.name, comparison.key
+            )
         rows += found_rows
     columns = ["compare", *keys, "key", "reference", "other", "comparison", "measure", "seeds"]
     columns += ["differences", *interval_columns("difference", mean_interval([])), "verdict"]

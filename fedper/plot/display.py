@@ -73,12 +73,9 @@ def dataset_label(name: object) -> str:
 
 
 def head_count_matters(name: object) -> bool:
-    """Whether the base/head split changes what an algorithm computes.
-
-    FedAvg averages the whole network and `local` averages nothing, so for them the head
-    count is a label that changes no number; fine-tuning a head, or sharing only the base,
-    makes it matter.
-    """
+    """Whether the base/head split changes what an algorithm computes."""
+    # Averaging the whole network (FedAvg) or nothing (local) makes the head count a label
+    # that changes no number; fine-tuning a head, or sharing only the base, makes it matter.
     algorithm = ALGORITHMS.get(str(name))
     if algorithm is None:
         return True

@@ -67,14 +67,25 @@ def _band(curve: pd.DataFrame, band: str) -> tuple[pd.Series, pd.Series] | None:
     return None
 
 
-def _draw_panel(ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, labels: list[str], band: str) -> None:  # fmt: skip
+def _draw_panel(
+    ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, labels: list[str], band: str
+) -> None:
     """A line per setting of the panel, its band, and a marker on each partial round."""
     any_partial = False
     for index, (label, (_, setting)) in enumerate(zip(labels, panel.iterrows(), strict=True)):
         curve = curves[curves["setting"] == setting["setting"]].sort_values("round")
         color = f"C{index % 10}"
         style = algorithm_style(setting.get("algorithm"))
-        ax.plot(curve["round"], curve["mean"], style, color=color, marker="o", ms=2.5, lw=1.5, label=label)  # fmt: skip
+        ax.plot(
+            curve["round"],
+            curve["mean"],
+            style,
+            color=color,
+            marker="o",
+            ms=2.5,
+            lw=1.5,
+            label=label,
+        )
         limits = _band(curve, band)
         if limits is not None:
             ax.fill_between(curve["round"], *limits, color=color, alpha=0.15, lw=0)
@@ -82,11 +93,20 @@ def _draw_panel(ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, labels: lis
         if len(partial):
             any_partial = True
             ax.plot(
-                partial["round"], partial["mean"], PARTIAL_MARKER, color=color, ms=8,
-                mec="black", mew=0.8, ls="none", label="_partial",
-            )  # fmt: skip
+                partial["round"],
+                partial["mean"],
+                PARTIAL_MARKER,
+                color=color,
+                ms=8,
+                mec="black",
+                mew=0.8,
+                ls="none",
+                label="_partial",
+            )
     if any_partial:  # one legend entry for every line's markers
-        ax.plot([], [], PARTIAL_MARKER, color="white", mec="black", ms=8, ls="none", label=PARTIAL_LABEL)  # fmt: skip
+        ax.plot(
+            [], [], PARTIAL_MARKER, color="white", mec="black", ms=8, ls="none", label=PARTIAL_LABEL
+        )
 
 
 def build_figures(
@@ -122,7 +142,9 @@ def build_figures(
             ax.legend(loc="lower right", fontsize=8)
         seeds = curves[curves["setting"].isin(group["setting"])]["num_seeds"]
         seed_text = _count_text(seeds.min(), seeds.max(), "seed")
-        fig.suptitle(f"{figure or 'accuracy'}: mean over {seed_text}{BAND_TEXT.get(band, '')}", fontsize=10)  # fmt: skip
+        fig.suptitle(
+            f"{figure or 'accuracy'}: mean over {seed_text}{BAND_TEXT.get(band, '')}", fontsize=10
+        )
         fig.tight_layout()
         built.append((png_name(figure, str(dataset), str(model), many_datasets), fig))
     return built

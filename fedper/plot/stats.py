@@ -54,10 +54,8 @@ def t_quantile(n: int) -> float:
 
 
 def mean_interval(values: Iterable[float]) -> Interval:
-    """Mean and Student-t interval (sample std, ddof=1) of the finite values.
-
-    Half-width t(0.975, n-1) * s / sqrt(n); one value has a mean but no interval.
-    """
+    """Mean and Student-t interval of the finite values; one value has a mean but no interval."""
+    # half-width t(0.975, n-1) * s / sqrt(n), s the sample std (ddof=1)
     data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if data.size == 0:
         return Interval(math.nan, math.nan, 0)
