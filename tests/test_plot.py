@@ -252,11 +252,12 @@ def test_a_bad_comparison_is_a_one_line_error(sweep: Path, tmp_path: Path) -> No
 
 
 def test_hardware_switches_do_not_split_a_setting() -> None:
-    """Devices, resources and performance switches are how a run ran, not what it measured."""
+    """Devices, resources, engines and performance switches are how a run ran, not what it measured."""
     from fedper.plot import setting_from_config
 
     with_switches = {"algorithm": "fedper", "seed": 42, "performance": {"autocast": "auto"},
-                     "client_resources": {"num_cpus": 1}, "server_device": "auto"}  # fmt: skip
+                     "client_resources": {"num_cpus": 1}, "server_device": "auto",
+                     "engine": {"name": "ray", "num_cpus": 2}}  # fmt: skip
     without = {"algorithm": "fedper", "seed": 43}
     assert (
         setting_from_config(with_switches)

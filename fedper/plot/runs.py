@@ -28,7 +28,8 @@ IGNORED_KEYS = frozenset(
         "client_device",
     }
 )
-IGNORED_PREFIXES = ("client_resources.", "performance.")  # hardware choices, not settings
+# hardware and engine choices (how a run ran, not what it computed)
+IGNORED_PREFIXES = ("client_resources.", "performance.", "engine.")
 # Columns of the long runs table that are bookkeeping, not part of a setting.
 RUN_COLUMNS = ("run", "setting", "seed", "round", "accuracy", "val_accuracy", "partial")
 
