@@ -55,11 +55,9 @@ def verdict(difference: Interval, ahead_if_positive: str, ahead_if_negative: str
         return "no shared seeds"
     if difference.n == 1:
         return "not resolved (1 seed, no interval)"
-    if difference.low > 0:
-        return f"resolved: {ahead_if_positive} ahead"
-    if difference.high < 0:
-        return f"resolved: {ahead_if_negative} ahead"
-    return "not resolved"
+    if difference.contains_zero():
+        return "not resolved"
+    return f"resolved: {ahead_if_positive if difference.mean > 0 else ahead_if_negative} ahead"
 
 
 def _without(setting: dict, key: str) -> str:
