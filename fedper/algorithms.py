@@ -11,8 +11,9 @@ from fedper.models.split import PARTS
 class Algorithm:
     name: str
     shared_parts: tuple[str, ...]  # leave the client and are averaged by the server
+    label: str  # display name in figures and tables
+    style: str  # matplotlib line style of its curves
     finetune_head: bool = False  # fine-tune the head before evaluating, without keeping it
-    description: str = ""
 
     @property
     def personal_parts(self) -> tuple[str, ...]:
@@ -20,17 +21,13 @@ class Algorithm:
         return tuple(part for part in PARTS if part not in self.shared_parts)
 
 
+# In display order: figures and tables list the algorithms as this table does.
 ALGORITHMS = {
     a.name: a
     for a in (
-        Algorithm("fedper", ("base",), description="base averaged, head personal"),
-        Algorithm("fedavg", ("base", "head"), description="whole model averaged"),
-        Algorithm(
-            "fedavg_ft",
-            ("base", "head"),
-            finetune_head=True,
-            description="FedAvg, head fine-tuned locally before each evaluation",
-        ),
-        Algorithm("local", (), description="every client trains alone, nothing is shared"),
+        Algorithm("fedper", ("base",), label="FedPer", style="-"),
+        Algorithm("fedavg", ("base", "head"), label="FedAvg", style="--"),
+        Algorithm("fedavg_ft", ("base", "head"), label="FedAvg+FT", style="-.", finetune_head=True),
+        Algorithm("local", (), label="Local", style=":"),
     )
 }

@@ -1,8 +1,8 @@
-"""fedper.plot on hand-written results.json files with known accuracies."""
+"""fedper.plot on hand-written results.json files: tables, figures and the command line."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -11,47 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from plot_results import config, write_run
 
-from fedper.plot import accuracy_curves, load_runs, plot_runs, summarize
+from fedper.algorithms import ALGORITHMS
+from fedper.plot import accuracy_curves, build_figures, load_runs, plot_runs, summary_table
+from fedper.plot.figures import PARTIAL_LABEL, PARTIAL_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # accuracy per round (4 rounds) of each algorithm and seed
 ACCURACIES = {
-    "fedper": {1: [0.20, 0.50, 0.70, 0.60], 2: [0.30, 0.60, 0.80, 0.90], 3: [0.10, 0.40, 0.90, 0.70]},
-    "fedavg": {1: [0.10, 0.20, 0.30, 0.40], 2: [0.20, 0.20, 0.20, 0.20], 3: [0.30, 0.10, 0.50, 0.30]},
+    "fedper": {1: [0.2, 0.5, 0.7, 0.7], 2: [0.3, 0.6, 0.8, 0.8], 3: [0.4, 0.7, 0.9, 0.9]},
+    "fedavg": {1: [0.1, 0.2, 0.3, 0.3], 2: [0.1, 0.3, 0.5, 0.5], 3: [0.2, 0.2, 0.4, 0.4]},
 }  # fmt: skip
-
-
-def config(algorithm: str, seed: int, **changes) -> dict:
-    """A resolved config like fedper.main records; paths and devices differ between seeds."""
-    cfg = {
-        "algorithm": algorithm,
-        "model_name": "mobile",
-        "seed": seed,
-        "num_rounds": 4,
-        "num_clients": 4,
-        "learning_rate": 0.01,
-        "data_dir": f"/data/{seed}",
-        "state_dir": f"/states/{seed}",
-        "server_device": "cuda:0" if seed == 1 else "cpu",
-        "client_resources": {"num_cpus": seed, "num_gpus": 0},
-        "model": {"num_head_layers": 2, "width_multiplier": 0.25},
-        "dataset": {"name": "digits", "num_classes": 4, "seed": seed, "mean": [0.5, 0.5, 0.5]},
-    }
-    cfg.update(changes)
-    return cfg
-
-
-def write_run(run_dir: Path, cfg: dict, accuracies: list[float | None]) -> Path:
-    rounds = [
-        {"round": i, "accuracy": acc, "loss": 1.0, "per_client": {}}
-        for i, acc in enumerate(accuracies, start=1)
-    ]
-    run_dir.mkdir(parents=True)
-    results = {"run_id": run_dir.name, "config": cfg, "partition": [], "rounds": rounds}
-    (run_dir / "results.json").write_text(json.dumps(results))
-    return run_dir
 
 
 @pytest.fixture
@@ -66,33 +38,43 @@ def sweep(tmp_path: Path) -> Path:
     return tmp_path / "multirun"
 
 
-def test_summary_has_final_and_best_mean_and_std_over_seeds(sweep: Path, tmp_path: Path) -> None:
-    pngs, summary = plot_runs([sweep], tmp_path / "out")
+def test_summary_gives_mean_and_95_percent_interval_over_seeds(sweep: Path, tmp_path: Path) -> None:
+    output = plot_runs([sweep], tmp_path / "out")
+    summary = output.summary
     assert len(summary) == 2  # seeds, paths and devices do not split a setting
-    assert list(summary["algorithm"]) == ["fedper", "fedavg"]  # the paper's order
-    for algorithm, per_seed in ACCURACIES.items():
-        row = summary.set_index("algorithm").loc[algorithm]
-        finals = [acc[-1] for acc in per_seed.values()]
-        bests = [max(acc) for acc in per_seed.values()]
-        assert row["final_mean"] == pytest.approx(statistics.mean(finals))
-        assert row["final_std"] == pytest.approx(statistics.stdev(finals))
-        assert row["best_mean"] == pytest.approx(statistics.mean(bests))
-        assert row["best_std"] == pytest.approx(statistics.stdev(bests))
-        assert row["num_seeds"] == 3
-        assert row["seeds"] == "1 2 3"
-        assert row["rounds_done"] == 4
-    fedper = summary.set_index("algorithm").loc["fedper"]
-    assert fedper["final_mean"] == pytest.approx((0.6 + 0.9 + 0.7) / 3)
-    assert fedper["best_mean"] == pytest.approx((0.7 + 0.9 + 0.9) / 3)
+    assert list(summary["algorithm"]) == ["fedper", "fedavg"]  # the registry's order
+    fedper, fedavg = (summary.set_index("algorithm").loc[a] for a in ("fedper", "fedavg"))
+    # FedPer finals 0.7 0.8 0.9: mean 0.8, s 0.1, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    assert fedper["final_mean"] == pytest.approx(0.8)
+    assert fedper["final_half_width"] == pytest.approx(0.248414, abs=1e-6)
+    assert fedper["final_ci_low"] == pytest.approx(0.551586, abs=1e-6)
+    assert fedper["final_n"] == 3
+    # last 5 rounds (all 4 here): 0.525 0.625 0.725, mean 0.625, again s 0.1
+    assert fedper["last5_mean"] == pytest.approx(0.625)
+    assert fedper["last5_half_width"] == pytest.approx(0.248414, abs=1e-6)
+    # FedAvg last 5: 0.225 0.35 0.3, mean 0.291667, s 0.062915, half 4.302653 * s / sqrt(3) = 0.156290
+    assert fedavg["last5_mean"] == pytest.approx(0.291667, abs=1e-6)
+    assert fedavg["last5_half_width"] == pytest.approx(0.156290, abs=1e-6)
+    # 95% of each FedPer plateau (0.499, 0.594, 0.689) is first reached in round 2
+    assert fedper["round_to_95_mean"] == 2 and fedper["round_to_95_half_width"] == 0
+    assert fedper["seeds"] == "1 2 3" and fedper["num_seeds"] == 3
+    assert fedper["rounds_done"] == 4 and fedper["partial_rounds"] == 0
     # the files hold the same table
     on_disk = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert on_disk["final_mean"].tolist() == pytest.approx(summary["final_mean"].tolist())
+    assert on_disk["final_ci_high"].tolist() == pytest.approx(summary["final_ci_high"].tolist())
     markdown = (tmp_path / "out" / "summary.md").read_text()
-    assert "| digits | MobileNet-v1 | FedPer | 4 | 2 | 4 | 3 |" in markdown
-    assert (
-        f"{statistics.mean([0.6, 0.9, 0.7]):.3f} ± {statistics.stdev([0.6, 0.9, 0.7]):.3f}"
-        in markdown
-    )
+    row = "| digits | MobileNet-v1 | FedPer | 4 | 2 | 4 | 3 (1–3) | 0.800 ± 0.248 | 0.625 ± 0.248 | – | 2.0 ± 0.0 | 0 |"  # fmt: skip
+    assert row in markdown
+    assert "95% confidence interval" in markdown and "test at best val round" in markdown
+
+
+def test_one_seed_is_shown_without_an_interval(tmp_path: Path) -> None:
+    write_run(tmp_path / "one", config("fedper", 7), [0.5, 0.6, 0.7, 0.8])
+    output = plot_runs([tmp_path], tmp_path / "out")
+    assert pd.isna(output.summary.iloc[0]["final_half_width"])
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| 1 (7) | 0.800 | 0.650 |" in markdown
 
 
 def test_curves_are_the_per_round_mean_over_seeds(sweep: Path) -> None:
@@ -106,18 +88,80 @@ def test_curves_are_the_per_round_mean_over_seeds(sweep: Path) -> None:
         assert curve["min"].tolist() == pytest.approx([min(r) for r in by_round])
         assert curve["max"].tolist() == pytest.approx([max(r) for r in by_round])
         assert curve["num_seeds"].tolist() == [3, 3, 3, 3]
+        assert curve["partial_seeds"].tolist() == [0, 0, 0, 0]
 
 
 def test_pngs_are_named_after_the_figure_and_not_empty(sweep: Path, tmp_path: Path) -> None:
-    pngs, _ = plot_runs([sweep], tmp_path / "default", band="std")
+    pngs = plot_runs([sweep], tmp_path / "default", band="ci").pngs
     assert [p.name for p in pngs] == ["accuracy_digits_mobile.png"]
-    pngs, _ = plot_runs([sweep], tmp_path / "named", figure="figure2")
-    assert [p.name for p in pngs] == ["figure2_mobile.png"]
-    assert (tmp_path / "named" / "figure2_summary.csv").is_file()
-    assert (tmp_path / "named" / "figure2_summary.md").is_file()
-    for png in pngs:
+    output = plot_runs([sweep], tmp_path / "named", figure="figure2")
+    assert [p.name for p in output.pngs] == ["figure2_mobile.png"]
+    assert [p.name for p in output.tables] == ["figure2_summary.csv", "figure2_summary.md"]
+    for png in output.pngs:
         assert png.stat().st_size > 1000
         assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def partial_lines(ax) -> list:
+    return [line for line in ax.get_lines() if line.get_marker() == PARTIAL_MARKER]
+
+
+def test_partial_rounds_are_marked_on_the_curve_and_counted(tmp_path: Path) -> None:
+    # FedPer seed 1 went on with fewer clients in round 2, seed 2 (an older file) in round 3
+    write_run(
+        tmp_path / "p1",
+        config("fedper", 1),
+        [0.2, 0.4, 0.6, 0.8],
+        partial=[False, True, False, False],
+    )
+    write_run(
+        tmp_path / "p2", config("fedper", 2), [0.4, 0.6, 0.8, 1.0], clients_failed=[0, 0, 1, 0]
+    )
+    write_run(tmp_path / "a1", config("fedavg", 1), [0.1, 0.2, 0.3, 0.4])
+    runs = load_runs([tmp_path])
+    curves = accuracy_curves(runs)
+    fedper = curves[curves["algorithm"] == "fedper"].sort_values("round")
+    assert fedper["partial_seeds"].tolist() == [0, 1, 1, 0]
+    [(_, fig)] = build_figures(curves)
+    [ax] = fig.axes
+    markers = [line for line in partial_lines(ax) if len(line.get_xdata())]
+    assert len(markers) == 1  # FedAvg had none
+    assert list(markers[0].get_xdata()) == [2, 3]
+    assert list(markers[0].get_ydata()) == pytest.approx([0.5, 0.7])  # on the mean curve
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert PARTIAL_LABEL in legend
+    summary = summary_table(runs).set_index("algorithm")
+    assert summary.loc["fedper", "partial_rounds"] == 2
+    assert summary.loc["fedavg", "partial_rounds"] == 0
+
+
+def test_no_partial_marker_without_partial_rounds(sweep: Path) -> None:
+    [(_, fig)] = build_figures(accuracy_curves(load_runs([sweep])))
+    assert partial_lines(fig.axes[0]) == []
+    assert PARTIAL_LABEL not in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_labels_styles_and_order_come_from_the_registries(
+    sweep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renamed = dataclasses.replace(ALGORITHMS["fedavg"], label="Averaged", style=":")
+    monkeypatch.setitem(ALGORITHMS, "fedavg", renamed)
+    # FedAvg first in the registry: first in tables and legends
+    monkeypatch.setattr("fedper.plot.display.ALGORITHMS", {"fedavg": renamed, **ALGORITHMS})
+    runs = load_runs([sweep])
+    assert list(summary_table(runs)["algorithm"]) == ["fedavg", "fedper"]
+    [(_, fig)] = build_figures(accuracy_curves(runs))
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["Averaged"].get_linestyle() == ":"
+    assert lines["FedPer"].get_linestyle() == "-"
+    assert "MobileNet-v1" in fig.axes[0].get_title()
+
+
+def test_no_plot_module_lists_algorithm_or_model_names() -> None:
+    for module in (ROOT / "fedper" / "plot").glob("*.py"):
+        source = module.read_text()
+        for name in ("fedavg_ft", '"mobile"', '"resnet"', "FedAvg+FT", "ResNet-34"):
+            assert name not in source, f"{module.name} repeats {name}: read the registries"
 
 
 def test_settings_differ_in_any_key_but_seeds_and_paths(tmp_path: Path) -> None:
@@ -128,25 +172,25 @@ def test_settings_differ_in_any_key_but_seeds_and_paths(tmp_path: Path) -> None:
         cfg = config("fedavg", seed, model_name="resnet")
         cfg["dataset"] = {**cfg["dataset"], "num_classes": 8}
         write_run(tmp_path / f"resnet_{seed}", cfg, [0.3] * 4)
-    pngs, summary = plot_runs([tmp_path], tmp_path / "out", figure="sweep")
+    output = plot_runs([tmp_path], tmp_path / "out", figure="sweep")
+    summary = output.summary
     assert len(summary) == 3
     assert "learning_rate" in summary.columns  # the key that differs is shown
     assert "state_dir" not in summary.columns and "server_device" not in summary.columns
     assert sorted(summary["learning_rate"]) == [0.01, 0.01, 0.1]
     assert (summary["num_seeds"] == 2).all()
-    assert sorted(p.name for p in pngs) == ["sweep_mobile.png", "sweep_resnet.png"]
+    assert sorted(p.name for p in output.pngs) == ["sweep_mobile.png", "sweep_resnet.png"]
 
 
 def test_an_unfinished_run_counts_its_last_round(tmp_path: Path) -> None:
     write_run(tmp_path / "done", config("fedper", 1), [0.1, 0.2, 0.3, 0.4])
     write_run(tmp_path / "cut", config("fedper", 2), [0.3, None])  # a round nobody answered
     write_run(tmp_path / "started", config("fedper", 3), [])  # no round yet: left out
-    summary = summarize(load_runs([tmp_path]))
-    row = summary.iloc[0]
+    row = summary_table(load_runs([tmp_path])).iloc[0]
     assert row["num_seeds"] == 2
     assert row["rounds_done"] == 2
-    assert pd.isna(row["final_std"])  # round 2 of seed 2 recorded no accuracy
-    assert row["best_mean"] == pytest.approx((0.4 + 0.3) / 2)
+    assert row["final_n"] == 1  # round 2 of seed 2 recorded no accuracy
+    assert row["last5_mean"] == pytest.approx((0.25 + 0.3) / 2)  # the missing round left out
 
 
 def run_plot(*args: str) -> subprocess.CompletedProcess:
@@ -160,11 +204,29 @@ def run_plot(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_command_line_writes_figures_and_summary(sweep: Path, tmp_path: Path) -> None:
-    result = run_plot(str(sweep), "--out", str(tmp_path / "cli"), "--figure", "figure2")
+def test_command_line_writes_figures_summary_and_differences(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = run_plot(
+        str(sweep), "--out", str(out), "--figure", "figure2", "--compare", "algorithm=fedper"
+    )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "cli" / "figure2_mobile.png").stat().st_size > 0
-    assert "FedPer" in result.stdout and "figure2_summary" in result.stdout
+    assert (out / "figure2_mobile.png").stat().st_size > 0
+    for name in ("figure2_summary", "figure2_differences"):
+        assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file()
+        assert str(out / f"{name}.md") in result.stdout
+    differences = pd.read_csv(out / "figure2_differences.csv")
+    final = differences.set_index("measure").loc["final"]
+    # per seed FedAvg - FedPer: 0.3-0.7, 0.5-0.8, 0.4-0.9 = -0.4, -0.3, -0.5: mean -0.4,
+    # s 0.1, half-width 0.248414: [-0.648, -0.152] excludes 0
+    assert final["difference_mean"] == pytest.approx(-0.4)
+    assert final["difference_half_width"] == pytest.approx(0.248414, abs=1e-6)
+    assert final["verdict"] == "resolved: FedPer ahead"
+    markdown = (out / "figure2_differences.md").read_text()
+    assert (
+        "| FedAvg − FedPer | final round | -0.400 ± 0.248 | [-0.648, -0.152] | 3 "
+        "| 1: -0.400, 2: -0.300, 3: -0.500 | resolved: FedPer ahead |"
+    ) in markdown
+    assert "FedPer" in result.stdout and "FedAvg − FedPer" in result.stdout
 
 
 @pytest.mark.parametrize("where", ["empty", "missing"])
@@ -180,11 +242,25 @@ def test_no_results_is_a_one_line_error(tmp_path: Path, where: str) -> None:
     assert str(folder) in lines[0]
 
 
-def test_hardware_switches_do_not_split_a_setting():
-    """Devices, resources and performance switches are how a run ran, not what it measured."""
-    from fedper.plot import setting_of
+def test_a_bad_comparison_is_a_one_line_error(sweep: Path, tmp_path: Path) -> None:
+    result = run_plot(str(sweep), "--out", str(tmp_path / "x"), "--compare", "algorithm=fedprox")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "fedper.plot: error: --compare algorithm=fedprox: no setting has algorithm=fedprox; "
+        "its values here are fedper, fedavg"
+    )
+
+
+def test_hardware_switches_do_not_split_a_setting() -> None:
+    """Devices, resources, engines and performance switches are how a run ran, not what it measured."""
+    from fedper.plot import setting_from_config
 
     with_switches = {"algorithm": "fedper", "seed": 42, "performance": {"autocast": "auto"},
-                     "client_resources": {"num_cpus": 1}, "server_device": "auto"}  # fmt: skip
+                     "client_resources": {"num_cpus": 1}, "server_device": "auto",
+                     "engine": {"name": "ray", "num_cpus": 2}}  # fmt: skip
     without = {"algorithm": "fedper", "seed": 43}
-    assert setting_of(with_switches) == setting_of(without) == {"algorithm": "fedper"}
+    assert (
+        setting_from_config(with_switches)
+        == setting_from_config(without)
+        == {"algorithm": "fedper"}
+    )

@@ -38,6 +38,7 @@ class MobileNetV1(ModelSplit):
     """
 
     name = "mobile"
+    label = "MobileNet-v1"  # display name in figures and tables
     max_head_layers = 4
 
     def build(self, num_classes: int, num_head_layers: int, width_multiplier: float = 1.0, **_):

@@ -15,6 +15,7 @@ class ResNet34(ModelSplit):
     """
 
     name = "resnet"
+    label = "ResNet-34"  # display name in figures and tables
     max_head_layers = 3
 
     def build(self, num_classes: int, num_head_layers: int, **_):

@@ -1,0 +1,154 @@
+"""fedper.plot.stats and .compare: intervals, per-run measures and paired differences by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from plot_results import config, write_run
+
+from fedper.plot import load_runs, mean_interval, paired_differences, parse_comparison
+from fedper.plot.compare import verdict
+from fedper.plot.runs import PlotError
+from fedper.plot.stats import Interval, run_measures, summary_table, t_quantile
+
+
+def test_t_quantiles_are_the_two_sided_95_percent_ones() -> None:
+    # t(0.975, df) from a printed table: df 1, 2, 4
+    assert t_quantile(2) == pytest.approx(12.706205, abs=1e-6)
+    assert t_quantile(3) == pytest.approx(4.302653, abs=1e-6)
+    assert t_quantile(5) == pytest.approx(2.776445, abs=1e-6)
+
+
+def test_interval_is_student_t_over_the_sample_std() -> None:
+    # 0.7, 0.8, 0.9: mean 0.8, s = 0.1, half-width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    three = mean_interval([0.7, 0.8, 0.9])
+    assert (three.mean, three.n) == (pytest.approx(0.8), 3)
+    assert three.half_width == pytest.approx(0.248414, abs=1e-6)
+    assert three.low == pytest.approx(0.551586, abs=1e-6)
+    assert three.high == pytest.approx(1.048414, abs=1e-6)
+    # 0.5, 0.7: s = 0.141421, half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620
+    assert mean_interval([0.5, 0.7]).half_width == pytest.approx(1.270620, abs=1e-6)
+    # 0.1 .. 0.5: s = sqrt(0.025) = 0.158114, half-width 2.776445 * 0.158114 / sqrt(5) = 0.196324
+    assert mean_interval([0.1, 0.2, 0.3, 0.4, 0.5]).half_width == pytest.approx(0.196324, abs=1e-6)
+
+
+def test_one_value_has_no_interval_and_missing_values_do_not_count() -> None:
+    one = mean_interval([0.6, math.nan, None])
+    assert (one.mean, one.n) == (0.6, 1) and math.isnan(one.half_width)
+    assert one.contains_zero()  # no interval resolves nothing
+    none = mean_interval([])
+    assert none.n == 0 and math.isnan(none.mean)
+
+
+def test_verdict_says_which_side_only_when_the_interval_excludes_zero() -> None:
+    assert verdict(Interval(0.4, 0.25, 3), "FedAvg", "FedPer") == "resolved: FedAvg ahead"
+    assert verdict(Interval(-0.4, 0.25, 3), "FedAvg", "FedPer") == "resolved: FedPer ahead"
+    assert verdict(Interval(-0.2, 0.25, 3), "FedAvg", "FedPer") == "not resolved"
+    assert verdict(Interval(0.3, math.nan, 1), "FedAvg", "FedPer").startswith("not resolved")
+    assert verdict(Interval(math.nan, math.nan, 0), "FedAvg", "FedPer") == "no shared seeds"
+
+
+def test_best_round_is_the_validation_argmax_and_reports_its_test_accuracy(tmp_path: Path) -> None:
+    # seed 1: test peaks in round 2 (0.9), validation in round 3: report round 3's test, 0.6
+    write_run(tmp_path / "a", config("fedper", 1), [0.5, 0.9, 0.6, 0.7], [0.4, 0.5, 0.8, 0.6])
+    # seed 2: validation ties in rounds 2 and 3: the earlier round, test 0.3
+    write_run(tmp_path / "b", config("fedper", 2), [0.2, 0.3, 0.4, 0.5], [0.5, 0.8, 0.8, None])
+    measures = run_measures(load_runs([tmp_path])).set_index("seed")
+    assert measures.loc[1, "best_val_round"] == 3
+    assert measures.loc[1, "best_val_test"] == pytest.approx(0.6)
+    assert measures.loc[2, "best_val_round"] == 2
+    assert measures.loc[2, "best_val_test"] == pytest.approx(0.3)
+    row = summary_table(load_runs([tmp_path])).iloc[0]
+    # 0.6 and 0.3: mean 0.45, s = 0.212132, half-width 12.706205 * 0.212132 / sqrt(2) = 1.905931
+    assert row["best_val_test_mean"] == pytest.approx(0.45)
+    assert row["best_val_test_half_width"] == pytest.approx(1.905931, abs=1e-6)
+    assert row["best_val_test_n"] == 2
+
+
+def test_runs_without_validation_have_no_best_round(tmp_path: Path) -> None:
+    write_run(tmp_path / "old", config("fedper", 1), [0.5, 0.9, 0.6, 0.7])  # no val_accuracy key
+    write_run(tmp_path / "null", config("fedper", 2), [0.5, 0.6], [None, None])
+    row = summary_table(load_runs([tmp_path])).iloc[0]
+    assert row["best_val_test_n"] == 0 and math.isnan(row["best_val_test_mean"])
+    assert row["final_n"] == 2
+
+
+def test_plateau_is_the_last_five_rounds_and_speed_the_first_round_at_95_percent(
+    tmp_path: Path,
+) -> None:
+    # last 5 rounds: 0.90 0.85 0.90 0.95 0.90, mean 0.90; 95% of it 0.855: first reached in round 4
+    long = [0.10, 0.50, 0.80, 0.90, 0.85, 0.90, 0.95, 0.90]
+    write_run(tmp_path / "long", config("fedper", 1, num_rounds=8), long)
+    # 3 rounds: the plateau is all of them, mean 0.5; 95% of it 0.475: round 2 (0.6)
+    write_run(tmp_path / "short", config("fedavg", 1, num_rounds=3), [0.2, 0.6, 0.7])
+    measures = run_measures(load_runs([tmp_path])).set_index("run")
+    long_run, short_run = (
+        measures.loc[str(tmp_path / "long")],
+        measures.loc[str(tmp_path / "short")],
+    )
+    assert long_run["last5"] == pytest.approx(0.90)
+    assert long_run["round_to_95"] == 4
+    assert short_run["last5"] == pytest.approx(0.5)
+    assert short_run["round_to_95"] == 2
+    assert short_run["final"] == pytest.approx(0.7)
+
+
+def test_partial_rounds_are_counted_from_the_flag_or_older_failure_counts(tmp_path: Path) -> None:
+    write_run(
+        tmp_path / "new",
+        config("fedper", 1),
+        [0.1, 0.2, 0.3, 0.4],
+        partial=[False, True, True, False],
+        clients_failed=[0, 1, 1, 0],
+    )
+    write_run(
+        tmp_path / "old", config("fedper", 2), [0.1, 0.2, 0.3, 0.4], clients_failed=[0, 0, 2, 0]
+    )
+    row = summary_table(load_runs([tmp_path])).iloc[0]
+    assert row["partial_rounds"] == 3
+
+
+def write_pairs(root: Path) -> None:
+    """FedPer seeds 1-4 at 4 and 8 classes, FedAvg seeds 2-5 at 4 classes: one round each."""
+    fedper = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.7}
+    fedavg = {2: 0.4, 3: 0.6, 4: 0.4, 5: 0.1}
+    for seed, accuracy in fedper.items():
+        write_run(root / f"fedper_c4_s{seed}", config("fedper", seed, num_rounds=1), [accuracy])
+        cfg = config("fedper", seed, num_rounds=1)
+        cfg["dataset"] = {**cfg["dataset"], "num_classes": 8}
+        write_run(root / f"fedper_c8_s{seed}", cfg, [0.5])
+    for seed, accuracy in fedavg.items():
+        write_run(root / f"fedavg_c4_s{seed}", config("fedavg", seed, num_rounds=1), [accuracy])
+
+
+def test_paired_differences_use_only_shared_seeds_within_a_group(tmp_path: Path) -> None:
+    write_pairs(tmp_path)
+    table = paired_differences(load_runs([tmp_path]), [parse_comparison("algorithm=fedper")])
+    # 8 classes has no FedAvg: the only group with a comparison is 4 classes
+    assert set(table["dataset.num_classes"]) == {4}
+    final = table[table["measure"] == "final"].iloc[0]
+    assert (final["reference"], final["other"]) == ("fedper", "fedavg")
+    assert final["comparison"] == "FedAvg − FedPer"
+    # seeds 2, 3, 4: 0.4-0.5, 0.6-0.6, 0.4-0.7 = -0.1, 0.0, -0.3; mean -0.133333,
+    # s = 0.152753, half-width 4.302653 * 0.152753 / sqrt(3) = 0.379458
+    assert final["seeds"] == "2 3 4"
+    assert [float(d) for d in final["differences"].split()] == pytest.approx([-0.1, 0.0, -0.3])
+    assert final["difference_mean"] == pytest.approx(-0.133333, abs=1e-6)
+    assert final["difference_half_width"] == pytest.approx(0.379458, abs=1e-6)
+    assert final["difference_n"] == 3
+    assert final["verdict"] == "not resolved"
+    assert set(table["measure"]) == {"final", "last5"}
+
+
+def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None:
+    write_pairs(tmp_path)
+    runs = load_runs([tmp_path])
+    message = "no setting has algorithm=fedprox; its values here are fedper, fedavg"
+    with pytest.raises(PlotError, match=message):
+        paired_differences(runs, [parse_comparison("algorithm=fedprox")])
+    with pytest.raises(PlotError, match="no setting varies or shows the key optimizer"):
+        paired_differences(runs, [parse_comparison("optimizer=sgd")])
+    with pytest.raises(PlotError, match="write key=value"):
+        parse_comparison("algorithm")
