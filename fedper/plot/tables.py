@@ -9,7 +9,7 @@ import pandas as pd
 
 from fedper.plot.display import COLUMN_TITLES, cell, is_missing, seeds_cell, text
 from fedper.plot.stats import INTERVAL_FIELDS, LAST_ROUNDS, MEASURES, PLATEAU_SHARE
-from fedper.results import write_text_atomic
+from fedper.state import write_text_atomic
 
 MEASURE_TITLES = {
     "final": "final round",
