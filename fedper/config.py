@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -13,123 +12,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.algorithms import ALGORITHMS
 from fedper.errors import ConfigError
+from fedper.validation import check, validate_config  # noqa: F401 (imported from here)
 
 # The key under which the run's settings (a RunSpec as JSON) travel: in every message's
 # ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
 SPEC_KEY = "fedper-spec"
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def check_range(key: str, value, low: int, high: int, context: str = "") -> None:
-    """A whole number in low..high, or an error naming the key, the value and the range."""
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-        f"{key}={value} is out of range{context}: use {low}-{high}",
-    )
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Every mistake a user can make in an override, caught before any data or Ray work."""
-    from fedper.data import DATASETS
-    from fedper.models import MODELS
-
-    check(
-        cfg.algorithm in ALGORITHMS,
-        f"algorithm={cfg.algorithm} is unknown: use one of {', '.join(ALGORITHMS)}",
-    )
-    check(
-        cfg.model_name in MODELS,
-        f"model_name={cfg.model_name} is unknown: use one of {', '.join(MODELS)}",
-    )
-    check(
-        cfg.dataset.name in DATASETS,
-        f"dataset={cfg.dataset.name} is unknown: use one of {', '.join(sorted(DATASETS))}",
-    )
-    for key in ("num_clients", "num_rounds", "num_epochs", "batch_size", "clients_per_round"):
-        value = OmegaConf.select(cfg, key)
-        check(
-            isinstance(value, int) and value > 0,
-            f"{key}={value} must be a positive whole number",
-        )
-    for key in ("learning_rate",):
-        value = OmegaConf.select(cfg, key)
-        check(isinstance(value, (int, float)) and value > 0, f"{key}={value} must be positive")
-    check_range("clients_per_round", cfg.clients_per_round, 1, cfg.num_clients,
-                f" for num_clients={cfg.num_clients}")  # fmt: skip
-    check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
-                f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
-    check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
-                MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
-    per_client = cfg.dataset.get("num_classes")
-    if per_client is not None:
-        check_range("dataset.num_classes", per_client, 1, cfg.dataset.total_classes,
-                    f" (classes per client) for {cfg.dataset.name}")  # fmt: skip
-    fraction = cfg.dataset.get("fraction")
-    if fraction is not None:
-        check(0 < fraction < 1, f"dataset.fraction={fraction} must lie strictly between 0 and 1")
-    check(
-        isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0,
-        f"finetune_epochs={cfg.finetune_epochs} must be a whole number >= 0",
-    )
-    perf = cfg.performance
-    check(
-        perf.autocast in ("auto", "bf16", "off"),
-        f"performance.autocast={perf.autocast} is unknown: use auto, bf16 or off",
-    )
-    check(
-        perf.channels_last in ("auto", True, False),
-        f"performance.channels_last={perf.channels_last} is unknown: use auto, true or false",
-    )
-    for key in ("server_device", "client_device"):
-        resolve_device(cfg[key], key)
-    resources = cfg.client_resources
-    cpus = resources.num_cpus
-    check(
-        isinstance(cpus, (int, float)) and 0 < cpus <= (os.cpu_count() or 1),
-        f"client_resources.num_cpus={cpus} must be between 0 and this machine's "
-        f"{os.cpu_count()} CPUs",
-    )
-    resolve_num_gpus(resources.num_gpus)
-    validate_engine(cfg)
-
-
-ENGINE_ADDRESS_KEYS = {"simulation": None, "ray": "address", "deployment": "superlink"}
-
-
-def validate_engine(cfg: DictConfig) -> None:
-    """The engine group: a known name, the address it needs, sensible timeouts."""
-    engine = cfg.get("engine")
-    check(
-        engine is not None and engine.get("name") in ENGINE_ADDRESS_KEYS,
-        f"engine={None if engine is None else engine.get('name')} is unknown: use one of "
-        f"{', '.join(ENGINE_ADDRESS_KEYS)}",
-    )
-    key = ENGINE_ADDRESS_KEYS[engine.name]
-    if key is not None:
-        value = None if OmegaConf.is_missing(engine, key) else engine.get(key)
-        check(
-            isinstance(value, str) and value.rpartition(":")[2].isdigit(),
-            f"engine={engine.name} needs engine.{key}=<host:port>"
-            + (" of the Ray cluster's head node" if engine.name == "ray" else " of the SuperLink")
-            + (f", not {value}" if value is not None else ""),
-        )
-    for name in ("connect_timeout", "reply_timeout"):
-        value = engine.get(name)
-        check(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-            f"engine.{name}={value} must be a number of seconds > 0",
-        )
-    cpus = engine.get("num_cpus")
-    check(
-        cpus is None or (isinstance(cpus, int) and not isinstance(cpus, bool) and cpus > 0),
-        f"engine.num_cpus={cpus} must be null (all CPUs) or a whole number > 0",
-    )
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:

@@ -8,6 +8,7 @@ folder, removed afterwards) and never joins another; `engine=ray` joins the clus
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -23,49 +24,54 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedper.config import RunPlan
-from fedper.errors import FedPerError, Interrupted
+from fedper.errors import FedPerError
 
 log = logging.getLogger("fedper")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_CONNECTION = "fedper"  # the SuperLink connection's name in a run's own FLWR_HOME
+SERVER_STOP_SECONDS = 120  # how long an interrupted run waits for the server loop to stop
 
 
 def run_on_engine(plan: RunPlan) -> None:
     """Run the planned rounds on the configured engine; return when the run is complete."""
-    engine = plan.spec.cfg.engine.name
-    with signals_interrupt():
-        try:
-            if engine == "deployment":
-                deploy(plan)
-            else:
-                simulate(plan)
-        except KeyboardInterrupt:
-            raise interrupted(plan) from None
+    if plan.spec.cfg.engine.name == "deployment":
+        deploy(plan)
+    else:
+        simulate(plan)
+
+
+INTERRUPTS = (signal.SIGTERM, signal.SIGINT)
+
+
+def interrupt(signum, frame) -> None:
+    """The first SIGTERM or SIGINT stops the run (KeyboardInterrupt in the main thread); later
+    ones are ignored so that they cannot cut the clean-up short (SIGKILL still ends it)."""
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def take_signals() -> None:
+    """Route SIGTERM and SIGINT to `interrupt`; again after `ray.init`, which installs its own
+    SIGTERM handlers (Python's `sys.exit` and the core worker's, which dumps and aborts)."""
+    for sig in INTERRUPTS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # not after the first interrupt
+            signal.signal(sig, interrupt)
 
 
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
-    """SIGTERM (what schedulers send) takes the same clean path as Ctrl-C."""
-
-    def raise_interrupt(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    """SIGTERM (what schedulers send) takes the same clean path as Ctrl-C, for the whole run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; its owner handles them
+        return
+    previous = {sig: signal.getsignal(sig) for sig in INTERRUPTS}
+    take_signals()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def interrupted(plan: RunPlan) -> Interrupted:
-    from fedper.experiment import completed_rounds
-
-    cfg = plan.spec.cfg
-    done = completed_rounds(Path(plan.spec.run_dir))
-    return Interrupted(
-        f"interrupted after round {done} of {cfg.num_rounds}; continue with: "
-        f"python -m fedper.main resume={plan.spec.run_dir}"
-    )
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def quiet_frameworks() -> None:
@@ -113,25 +119,63 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
                     f"({type(error).__name__}): start it with `ray start --head` or fix the address"
                 ) from None
         else:
-            temp_dir = tempfile.mkdtemp(prefix="fedper-ray-")
+            temp_dir, owner = ray_temp_dir()
             # workers import fedper from wherever this process does (a checkout, PYTHONPATH)
             pythonpath = os.pathsep.join(p for p in sys.path if p)
             ray.init(
                 address="local",
                 num_cpus=cfg.engine.num_cpus or os.cpu_count(),
                 include_dashboard=False,
-                _temp_dir=temp_dir,
+                _temp_dir=str(temp_dir),
                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                 **common,
             )
+        take_signals()
         yield
     finally:
         if ray.is_initialized():
             ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+            os.close(owner)
         if saved_address is not None:
             os.environ["RAY_ADDRESS"] = saved_address
+
+
+RAY_TEMP_PREFIX = "fedper-ray-"
+OWNER_LOCK = "fedper-owner.lock"
+
+
+def ray_temp_dir() -> tuple[Path, int]:
+    """A temp folder for this run's Ray session, and the descriptor of the lock that marks it
+    as in use; folders whose owner died (SIGKILL) are removed first.
+
+    The folder gets its final name only once its lock is held, so a sweep by a run starting at
+    the same moment never mistakes it for a dead one.
+    """
+    sweep_ray_temp_dirs()
+    staging = Path(tempfile.mkdtemp(prefix=f".{RAY_TEMP_PREFIX}new-"))
+    owner = os.open(staging / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    final = staging.with_name(RAY_TEMP_PREFIX + staging.name.rpartition("-")[2])
+    os.rename(staging, final)
+    return final, owner
+
+
+def sweep_ray_temp_dirs() -> None:
+    """Remove the Ray temp folders of fedper runs that ended without cleaning up (killed)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RAY_TEMP_PREFIX}*"):
+        try:
+            fd = os.open(folder / OWNER_LOCK, os.O_RDWR)
+        except OSError:
+            continue  # not a folder of this fedper version, or someone else's
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its run is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def simulate(plan: RunPlan) -> None:
@@ -144,7 +188,7 @@ def simulate(plan: RunPlan) -> None:
 
     cfg = plan.spec.cfg
     warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated")
-    stop = threading.Event()
+    stop, serving = threading.Event(), threading.Lock()
     backend_config = {
         "client_resources": {
             "num_cpus": cfg.client_resources.num_cpus,
@@ -154,7 +198,7 @@ def simulate(plan: RunPlan) -> None:
     with ray_for(plan):
         try:
             run_simulation(
-                server_app=server_app_for(plan, stop),
+                server_app=server_app_for(plan, stop, serving),
                 client_app=client_app,
                 num_supernodes=cfg.num_clients,
                 backend_config=backend_config,
@@ -168,6 +212,9 @@ def simulate(plan: RunPlan) -> None:
             ) from None
         finally:
             stop.set()  # the server loop ends at its next exchange, whatever stopped the engine
+            # a round being committed is finished first, so "interrupted after round k" is exact
+            if serving.acquire(timeout=SERVER_STOP_SECONDS):
+                serving.release()
 
 
 # Flower's own lines in `flwr run --stream` output that say nothing about the run's progress
@@ -204,7 +251,7 @@ def flwr_command(*args: str) -> list[str]:
 def deploy(plan: RunPlan) -> None:
     """Submit the run to a SuperLink with `flwr run` (a FAB built from this checkout) and
     stream its log lines; the ServerApp writes the run directory where it runs."""
-    from fedper.experiment import completed_rounds
+    from fedper.commit import committed_round
 
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise FedPerError(
@@ -243,7 +290,7 @@ def deploy(plan: RunPlan) -> None:
             f"`flwr run` could not submit the run to the SuperLink at engine.superlink="
             f"{cfg.engine.superlink} (exit {process.returncode}): is it running and reachable?"
         )
-    done = completed_rounds(Path(plan.spec.run_dir))
+    done = committed_round(Path(plan.spec.run_dir))
     if done < cfg.num_rounds:
         raise FedPerError(
             f"Flower run {flower_run_id} ended after round {done} of {cfg.num_rounds} (see the "

@@ -19,3 +19,7 @@ class StateFileError(FedPerError):
 
 class Interrupted(FedPerError):
     """Ctrl-C or SIGTERM: the files of every completed round are intact; the run can resume."""
+
+
+class StorageError(FedPerError):
+    """A file cannot be written: disk full, quota, read-only folder, missing permission."""

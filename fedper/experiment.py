@@ -1,45 +1,54 @@
 """One experiment, start to end: check, claim the run directory, plan, hand to an engine.
 
-A run directory holds everything the server needs to continue a run: its id, its resolved
-config, results.json and the server checkpoint. Starting again in the same directory (or
-with `resume=<dir>`) continues after the last completed round. Clients keep their heads on
-their own nodes; nothing in the run directory is read by a client.
+A run directory holds everything the server needs to continue a run: its id, its settings
+(run_config.json, paths absolute), results.json and the server checkpoint. Starting again in
+the same directory (or with `resume=<dir>`) continues after the last committed round. Clients
+keep their heads on their own nodes; nothing in the run directory is read by a client. While
+it runs, the launcher holds the directory's lock (`fedper.rundir`), whatever the engine.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import subprocess
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedper.commit import RoundCommit, committed_round
 from fedper.config import RunPlan, derive_run_spec, new_run_id, validate_config
 from fedper.data import prepare_dataset
-from fedper.errors import ConfigError
+from fedper.errors import ConfigError, Interrupted
 from fedper.models import build_model
-from fedper.results import RESULTS_JSON, load_results
+from fedper.results import load_results, partial_rounds
+from fedper.rundir import (
+    CONFIG_FILE,
+    RunLock,
+    check_owned,
+    checked_json,
+    read_checked_json,
+    read_run_id,
+    sweep_temporaries,
+    write_run_id,
+)
 from fedper.state import load_checkpoint, tensors_digest, write_text_atomic
 
 log = logging.getLogger("fedper")
-RUN_ID_FILE = "run_id"
-CONFIG_FILE = "run_config.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_id_for(run_dir: Path) -> str | None:
-    """A run directory that already holds a run keeps its id, so the run resumes."""
-    path = run_dir / RUN_ID_FILE
-    return path.read_text().strip() if path.is_file() else None
+PATH_KEYS = ("data_dir", "state_dir")
+CONFIG_WAY_OUT = "restore it, or start a fresh run in a new directory"
 
 
 def settings_of(cfg: DictConfig) -> dict:
-    """What makes two runs the same run: the resolved config without `resume`."""
+    """What makes two runs the same run: the resolved config without `resume`, its folders
+    absolute, as run_config.json stores them at the first start."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("resume", None)
+    for key in PATH_KEYS:
+        settings[key] = str(Path(settings[key]).expanduser().resolve())
     return settings
 
 
@@ -51,20 +60,44 @@ def first_difference(a, b, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a} then, {b} now"
 
 
-def resumed_config(run_dir: Path) -> DictConfig:
-    """The config a run directory was started with (for `resume=<dir>`)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
+def saved_settings(run_dir: Path) -> dict:
+    return read_checked_json(run_dir / CONFIG_FILE, CONFIG_WAY_OUT)["config"]
+
+
+def save_settings(run_dir: Path, settings: dict) -> None:
+    write_text_atomic(run_dir / CONFIG_FILE, checked_json({"config": settings}) + "\n")
+
+
+def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The settings `run_dir` was started with; `num_rounds` may be raised, nothing else changed."""
+    if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"resume={run_dir} holds no fedper run ({CONFIG_FILE} is missing)")
-    return OmegaConf.create(json.loads(path.read_text()))
+    settings = saved_settings(run_dir)
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key == "resume" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if key != "num_rounds":
+            raise ConfigError(
+                f"resume={run_dir} continues a run with its own settings, and {override} would "
+                "change them: only num_rounds may be raised; start a new run for other settings"
+            )
+        rounds = cfg.num_rounds
+        if isinstance(rounds, int) and not isinstance(rounds, bool):
+            if rounds < settings["num_rounds"]:
+                raise ConfigError(
+                    f"num_rounds={rounds} is below the run's num_rounds={settings['num_rounds']}:"
+                    f" resume={run_dir} may only raise it"
+                )
+        settings["num_rounds"] = rounds  # checked with the rest by validate_config
+    return OmegaConf.create(settings)
 
 
 def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory that holds a run with other settings, rather than mixing two runs."""
-    path = run_dir / CONFIG_FILE
     settings = settings_of(cfg)
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    if (run_dir / CONFIG_FILE).exists():
+        saved = saved_settings(run_dir)
         if saved != settings:
             raise ConfigError(
                 f"{run_dir} holds a run with other settings "
@@ -72,12 +105,7 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
                 f"or continue that run with resume={run_dir}"
             )
     else:
-        write_text_atomic(path, json.dumps(settings, indent=1))
-
-
-def completed_rounds(run_dir: Path) -> int:
-    path = run_dir / RESULTS_JSON
-    return len(json.loads(path.read_text())["rounds"]) if path.is_file() else 0
+        save_settings(run_dir, settings)
 
 
 def code_version() -> dict:
@@ -116,13 +144,14 @@ def plan_run(cfg: DictConfig, run_dir: str | Path) -> RunPlan:
     validate_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     claim_run_dir(cfg, run_dir)
+    run_id = read_run_id(run_dir)
+    if run_id is None:
+        run_id = new_run_id()
+        write_run_id(run_dir, run_id)
+    load_checkpoint(run_dir, run_id)  # a damaged checkpoint is reported before any engine starts
     dataset = prepare_dataset(cfg)
-    run_id = run_id_for(run_dir) or new_run_id()
     initial = build_model(cfg, seed=cfg.seed).state_dict()
     spec = derive_run_spec(cfg, run_dir, run_id, dataset.fingerprint(), tensors_digest(initial))
-    if not (run_dir / RUN_ID_FILE).is_file():
-        write_text_atomic(run_dir / RUN_ID_FILE, run_id + "\n")
-    load_checkpoint(run_dir, run_id)  # a damaged checkpoint is reported before any engine starts
     header = {
         "partition": dataset.summary(),
         "partition_fingerprint": spec.fingerprint,
@@ -147,25 +176,82 @@ def plan_from_run_config(run_config, flower_run_id: int) -> RunPlan:
     return plan_run(cfg, run_dir)
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Everything `python -m fedper.main` does after Hydra composed the config."""
-    from fedper.engines import run_on_engine
+def run_experiment(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    engine: Callable[[RunPlan], None] | None = None,
+) -> dict:
+    """Everything `python -m fedper.main` does after Hydra composed the config.
 
-    if cfg.get("resume"):
-        run_dir = Path(cfg.resume)
-        cfg = resumed_config(run_dir)
-    run_dir = Path(run_dir)
-    validate_config(cfg)
-    done = completed_rounds(run_dir) if (run_dir / CONFIG_FILE).is_file() else 0
-    if done >= cfg.num_rounds and (run_dir / CONFIG_FILE).is_file():
-        claim_run_dir(cfg, run_dir)
-        log.info("%s is complete (%d rounds): nothing to run", run_dir, done)
-        return load_results(run_dir)
-    plan = plan_run(cfg, run_dir)
+    `overrides` are the command line's (what `resume=` may change); `engine` runs a plan
+    (default: the configured engine; tests pass an in-process one).
+    """
+    from fedper.engines import run_on_engine, signals_interrupt
+
+    resume = cfg.get("resume")
+    run_dir = Path(resume or run_dir).expanduser().resolve()
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"resume={run_dir} holds no fedper run ({CONFIG_FILE} is missing)")
+    if not resume:
+        validate_config(cfg)  # before anything is written
+    check_owned(run_dir)
+    with signals_interrupt(), RunLock(run_dir):
+        try:
+            sweep_temporaries(run_dir)
+            if resume:
+                cfg = resumed_config(run_dir, cfg, overrides)
+                validate_config(cfg)
+                if saved_settings(run_dir)["num_rounds"] != cfg.num_rounds:
+                    save_settings(run_dir, settings_of(cfg))
+            claim_run_dir(cfg, run_dir)
+            if finished(cfg, run_dir):
+                return load_results(run_dir)
+            plan = plan_run(cfg, run_dir)
+            done = committed_round(run_dir)
+            log.info(
+                "%s · %s · %s: %d clients, %d rounds, engine %s -> %s%s",
+                cfg.algorithm, cfg.model_name, cfg.dataset.name, cfg.num_clients,
+                cfg.num_rounds, cfg.engine.name, run_dir,
+                f" (continuing after round {done})" if done else "",
+            )  # fmt: skip
+            (engine or run_on_engine)(plan)
+        except KeyboardInterrupt:
+            raise interrupted(run_dir, cfg.num_rounds) from None
+    results = load_results(run_dir)
+    log_final(results, run_dir)
+    return results
+
+
+def finished(cfg: DictConfig, run_dir: Path) -> bool:
+    """A run whose checkpoint has every round is not run again; its views are brought up to it."""
+    run_id = read_run_id(run_dir)
+    checkpoint = load_checkpoint(run_dir, run_id) if run_id is not None else None
+    if checkpoint is None or checkpoint.round < cfg.num_rounds:
+        return False
+    RoundCommit(run_dir, run_id).restore()
+    log.info("%s is complete (%d rounds): nothing to run", run_dir, checkpoint.round)
+    return True
+
+
+def interrupted(run_dir: Path, num_rounds: int) -> Interrupted:
+    """Ctrl-C or SIGTERM: what is on disk, and the command that continues it."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return Interrupted("interrupted before the run started: run the same command again")
+    return Interrupted(
+        f"interrupted after round {committed_round(run_dir)} of {num_rounds}; continue with: "
+        f"python -m fedper.main resume={run_dir}"
+    )
+
+
+def log_final(results: dict, run_dir: Path) -> None:
+    """The last line: where the run is, its final accuracy, and how many rounds were partial."""
+    rounds = results["rounds"]
+    partial = partial_rounds(rounds)
+    accuracy = rounds[-1]["accuracy"] if rounds else None
     log.info(
-        "%s · %s · %s: %d clients, %d rounds, engine %s -> %s%s",
-        cfg.algorithm, cfg.model_name, cfg.dataset.name, cfg.num_clients, cfg.num_rounds,
-        cfg.engine.name, run_dir, f" (continuing after round {done})" if done else "",
+        "finished %d round(s) -> %s: final accuracy %s; partial rounds (fewer clients than "
+        "asked): %d%s",
+        len(rounds), run_dir, "n/a" if accuracy is None else f"{accuracy:.3f}", len(partial),
+        f" (round {', '.join(map(str, partial))})" if partial else "",
     )  # fmt: skip
-    run_on_engine(plan)
-    return load_results(run_dir)

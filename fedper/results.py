@@ -1,18 +1,20 @@
-"""A run's results: results.json, results.csv and a PNG, rewritten atomically after every round."""
+"""A run's results as files: results.json (with its checksum), results.csv and results.png.
+
+All three are views of one dict (the run's header and one entry per committed round), which
+the checkpoint also carries: `fedper.commit` writes them, and rewrites any of them that a
+kill left behind or ahead of the checkpoint.
+"""
 
 from __future__ import annotations
 
-import json
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from fedper.state import write_atomic, write_text_atomic
+from fedper.rundir import RESULTS_JSON, checked_json, read_checked_json
 
-RESULTS_JSON = "results.json"
-RESULTS_CSV = "results.csv"
-RESULTS_PNG = "results.png"
 # per-round columns of results.csv, in order
 CSV_COLUMNS = [
     "round", "accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
@@ -21,60 +23,39 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def _finite(value):
+def finite(value):
     """JSON has no NaN: what could not be measured (no validation split, no client) is null."""
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [finite(item) for item in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-class RunResults:
-    """The header (config, partition) and one entry per completed round."""
+def partial_rounds(rounds: list[dict]) -> list[int]:
+    """Rounds that went on with fewer clients than asked."""
+    return [r["round"] for r in rounds if r.get("partial")]
 
-    def __init__(self, run_dir: str | Path, header: dict, rounds: list[dict] | None = None):
-        self.run_dir = Path(run_dir)
-        self.header = header
-        self.rounds: list[dict] = rounds or []
 
-    @classmethod
-    def resume(cls, run_dir: str | Path, header: dict, completed_round: int) -> RunResults:
-        """Keep the rounds already recorded up to the checkpointed one."""
-        path = Path(run_dir) / RESULTS_JSON
-        rounds = []
-        if path.is_file():
-            rounds = [
-                r for r in json.loads(path.read_text())["rounds"] if r["round"] <= completed_round
-            ]
-        return cls(run_dir, header, rounds)
+def results_json(body: dict) -> str:
+    return checked_json(body) + "\n"
 
-    def add(self, entry: dict) -> None:
-        self.rounds.append(_finite(entry))
-        self.write()
 
-    def as_dict(self) -> dict:
-        return {**self.header, "rounds": self.rounds}
+def results_csv(rounds: list[dict]) -> str:
+    return pd.DataFrame(rounds).reindex(columns=CSV_COLUMNS).to_csv(index=False)
 
-    def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            self.run_dir / RESULTS_JSON, json.dumps(self.as_dict(), indent=1, allow_nan=False)
-        )
-        table = pd.DataFrame(self.rounds).reindex(columns=CSV_COLUMNS)
-        write_text_atomic(self.run_dir / RESULTS_CSV, table.to_csv(index=False))
-        self.plot()
 
-    def plot(self) -> None:
-        import matplotlib
+def results_png(body: dict) -> bytes:
+    """Accuracy and loss per round; a round that went on with fewer clients is marked."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        table = pd.DataFrame(self.rounds)
-        if table.empty:
-            return
-        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    table = pd.DataFrame(body["rounds"])
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if not table.empty:
+        table = table.astype({"accuracy": float, "accuracy_std": float, "loss": float})
         ax_acc.plot(table["round"], table["accuracy"], marker="o", ms=3, label="mean over clients")
         ax_acc.fill_between(
             table["round"],
@@ -83,23 +64,32 @@ class RunResults:
             alpha=0.2,
             label="± std over clients",
         )
-        ax_acc.set(xlabel="round", ylabel="personalized test accuracy", ylim=(0, 1))
-        ax_acc.legend(loc="lower right")
         ax_loss.plot(table["round"], table["loss"], marker="o", ms=3, label="test loss")
-        if table["train_loss"].notna().any():
-            ax_loss.plot(table["round"], table["train_loss"], marker="o", ms=3, label="train loss")
-        ax_loss.set(xlabel="round", ylabel="cross-entropy per example")
+        train_loss = table["train_loss"].astype(float)
+        if train_loss.notna().any():
+            ax_loss.plot(table["round"], train_loss, marker="o", ms=3, label="train loss")
+        partial = table[table.get("partial", pd.Series(False, index=table.index)).fillna(False)]
+        if len(partial):
+            ax_acc.plot(partial["round"], partial["accuracy"], "x", color="red", ms=8, mew=2,
+                        label="partial round (fewer clients)")  # fmt: skip
+        ax_acc.legend(loc="lower right")
         ax_loss.legend(loc="upper right")
-        cfg = self.header.get("config", {})
-        fig.suptitle(
-            f"{cfg.get('algorithm')} · {cfg.get('model_name')} · {cfg.get('dataset', {}).get('name')}"
-        )
-        fig.tight_layout()
-        write_atomic(
-            self.run_dir / RESULTS_PNG, lambda handle: fig.savefig(handle, format="png", dpi=110)
-        )
-        plt.close(fig)
+    ax_acc.set(xlabel="round", ylabel="personalized test accuracy", ylim=(0, 1))
+    ax_loss.set(xlabel="round", ylabel="cross-entropy per example")
+    cfg = body.get("config", {})
+    fig.suptitle(
+        f"{cfg.get('algorithm')} · {cfg.get('model_name')} · {cfg.get('dataset', {}).get('name')}"
+    )
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def load_results(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / RESULTS_JSON).read_text())
+    """results.json of a run, checked against its checksum."""
+    return read_checked_json(
+        Path(run_dir) / RESULTS_JSON,
+        "start the run again with the same command: fedper rebuilds it from checkpoint.pt",
+    )

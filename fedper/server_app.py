@@ -8,6 +8,7 @@ here. The run's settings travel to the clients in every message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -18,11 +19,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
+from fedper.commit import RoundCommit
 from fedper.config import SPEC_KEY, RunPlan
 from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
-from fedper.results import RunResults
-from fedper.state import load_checkpoint, save_checkpoint
 from fedper.strategy import FedPerStrategy, record_bytes, round_entry
 
 log = logging.getLogger("fedper")
@@ -44,13 +44,17 @@ def main(grid: Grid, context: Context) -> None:
         sys.exit(2)
 
 
-def server_app_for(plan: RunPlan, stop: threading.Event) -> ServerApp:
-    """A ServerApp bound to one planned run, for engines that start it in this process."""
+def server_app_for(
+    plan: RunPlan, stop: threading.Event, serving: threading.Lock | None = None
+) -> ServerApp:
+    """A ServerApp bound to one planned run, for engines that start it in this process;
+    it holds `serving` while its loop runs."""
     bound = ServerApp()
 
     @bound.main()
     def _(grid: Grid, context: Context) -> None:
-        run_server(grid, plan, stop)
+        with serving or contextlib.nullcontext():
+            run_server(grid, plan, stop)
 
     return bound
 
@@ -149,25 +153,25 @@ class ClientLink:
         return node_of
 
 
-def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -> RunResults:
-    """Every round of the planned run, continuing after its checkpoint if there is one."""
+def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -> RoundCommit:
+    """Every round of the planned run, continuing after its checkpoint if there is one.
+
+    Each round is committed once (`fedper.commit`): its results and the checkpoint together.
+    """
     spec = plan.spec
     cfg = spec.cfg
     run_dir = Path(spec.run_dir)
     algorithm = ALGORITHMS[cfg.algorithm]
     header = {"run_id": spec.run_id, "config": spec.config, **plan.header}
-    checkpoint = load_checkpoint(run_dir, spec.run_id)
+    results = RoundCommit(run_dir, spec.run_id, header)
+    checkpoint = results.restore()  # also repairs whatever view a kill left behind or ahead
     if checkpoint is None:
         # the server never trains: its model stays on the CPU, whatever the clients use
         model = build_model(cfg, seed=cfg.seed)
         first_round, arrays = 1, model.part_state(algorithm.shared_parts)
-        results = RunResults(run_dir, header)
-        results.write()
     else:
-        completed, arrays = checkpoint
-        first_round = completed + 1
-        results = RunResults.resume(run_dir, header, completed)
-        log.info("resuming %s after round %d", run_dir, completed)
+        first_round, arrays = checkpoint.round + 1, checkpoint.arrays
+        log.info("resuming %s after round %d", run_dir, checkpoint.round)
 
     link = ClientLink(grid, plan, stop)
     strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
@@ -203,9 +207,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         )
         del train_replies, eval_replies  # every reply holds a client's shared arrays
         previous_done = evaluated_at
-        # results first: a crash between the two reruns this round, with identical numbers
-        results.add(entry)
-        save_checkpoint(run_dir, spec.run_id, round_num, dict(arrays))
+        results.commit(entry, arrays)
         log_round(entry, cfg.num_rounds)
     return results
 
@@ -218,7 +220,8 @@ def log_round(entry: dict, num_rounds: int) -> None:
         entry["round"], num_rounds, entry["accuracy"], entry["accuracy_min"],
         f"  val {val:.3f}" if isinstance(val, float) and val == val else "",
         entry["loss"], entry["seconds"],
-        f"  {len(failures)} client failure(s)" if failures else "",
+        f"  PARTIAL: {len(failures)} client failure(s), {entry['clients_ok']} of "
+        f"{entry['clients_expected']} evaluated" if entry.get("partial") else "",
     )  # fmt: skip
     for failure in failures:
         log.warning(

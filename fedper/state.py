@@ -1,43 +1,104 @@
 """Everything a run keeps on disk: heads, the server checkpoint, and one atomic writer.
 
-Every file fedper writes goes through `write_atomic`: a temporary file with a unique name in
-the same folder, flushed to disk, then renamed over the target, so a reader sees the old
-file or the new one, never half of one. Head and checkpoint files share one format: a
-`torch.save` dict with `format` and a SHA-256 of the tensors, read with
-`torch.load(weights_only=True)`, which refuses to execute pickled code.
+Every file fedper writes goes through `stage` and `publish` (`write_atomic` does both): the
+next version goes to a temporary file with a unique name in the same folder, flushed to disk,
+then is renamed over the target, so a reader sees the old file or the new one, never half of
+one. A write that fails (disk full, quota, read-only folder) removes its temporary file and
+raises a `StorageError` naming the file and the OS error. Head and checkpoint files share one
+format: a `torch.save` dict with `format`, `kind` and a SHA-256 over every tensor and every
+other value in it, read with `torch.load(weights_only=True)`, which refuses to run pickled code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
 import torch
 
-from fedper.errors import StateFileError
+from fedper.errors import StateFileError, StorageError
 
-FORMAT = 2
+FORMAT = 3  # 3: the digest covers every value of the record, not only its tensors
 CHECKPOINT = "checkpoint.pt"
+TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)  # read once: files get the usual permissions, not mkstemp's 0600
+os.umask(_UMASK)
 
 
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through `write(handle)` so that it appears whole or not at all."""
+def storage_error(path: Path, error: OSError) -> StorageError:
+    """One line naming the file and the OS error (ENOSPC, EDQUOT, EROFS, EACCES, EFBIG)."""
+    return StorageError(
+        f"cannot write {path}: {error.strerror or error} (errno {error.errno}): free space "
+        "or make the folder writable"
+    )
+
+
+def stage(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """The next version of `path`, written through `write(handle)` to a temporary file
+    beside it and flushed to disk; `publish` puts it in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise storage_error(path, error) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        discard(Path(tmp))
+        if isinstance(error, OSError):
+            raise storage_error(path, error) from None
         raise
+    return Path(tmp)
+
+
+def publish(staged: Path, path: str | Path) -> None:
+    """Rename a staged file over `path`: the one step a reader can see."""
+    path = Path(path)
+    try:
+        os.replace(staged, path)
+    except OSError as error:
+        discard(staged)
+        raise storage_error(path, error) from None
+    sync_folder(path.parent)
+
+
+def discard(staged: Path) -> None:
+    """Remove a temporary file; on a read-only folder there may be nothing to do about it."""
+    try:
+        staged.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename survive a power cut, not only a killed process."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through `write(handle)` so that it appears whole or not at all."""
+    publish(stage(path, write), path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -54,11 +115,39 @@ def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def record_digest(payload: Mapping) -> str:
+    """SHA-256 over every tensor (`tensors_digest`) and every other value of a record."""
+    others = json.dumps(without_tensors(payload), sort_keys=True)
+    return hashlib.sha256(
+        f"{tensors_digest(dict(flat_tensors(payload)))}|{others}".encode()
+    ).hexdigest()
+
+
+def without_tensors(payload: Mapping) -> dict:
+    out = {}
+    for key, value in payload.items():
+        if isinstance(value, Mapping):
+            out[str(key)] = without_tensors(value)
+        elif not isinstance(value, torch.Tensor):
+            out[str(key)] = value
+    return out
+
+
+def encode_tensors(kind: str, payload: dict) -> bytes:
+    """A fedper state file's bytes: `payload` plus format, kind and its digest.
+
+    Serialized in memory first, so that a full disk surfaces as an OSError of the write, not
+    as an error from inside torch's zip writer.
+    """
+    record = {"format": FORMAT, "kind": kind, "digest": record_digest(payload), **payload}
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    return buffer.getvalue()
+
+
 def save_tensors(path: str | Path, kind: str, payload: dict) -> None:
-    """A fedper state file: `payload` plus format, kind and a digest of every tensor in it."""
-    tensors = dict(flat_tensors(payload))
-    record = {"format": FORMAT, "kind": kind, "digest": tensors_digest(tensors), **payload}
-    write_atomic(path, lambda handle: torch.save(record, handle))
+    data = encode_tensors(kind, payload)
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 def load_tensors(path: str | Path, kind: str, way_out: str) -> dict:
@@ -72,7 +161,12 @@ def load_tensors(path: str | Path, kind: str, way_out: str) -> dict:
         raise StateFileError(f"{path} is damaged ({type(error).__name__}): {way_out}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != kind:
         raise StateFileError(f"{path} is not a fedper {kind} file (format {FORMAT}): {way_out}")
-    if tensors_digest(dict(flat_tensors(record))) != record.get("digest"):
+    payload = {k: v for k, v in record.items() if k not in ("format", "kind", "digest")}
+    try:
+        intact = record_digest(payload) == record.get("digest")
+    except (TypeError, ValueError):
+        intact = False
+    if not intact:
         raise StateFileError(f"{path} is damaged (its checksum does not match): {way_out}")
     return record
 
@@ -148,23 +242,39 @@ class MemoryHeadStore:
         return self.heads[cid][max(usable)] if usable else None
 
 
-def save_checkpoint(
-    run_dir: str | Path, run_id: str, round_num: int, arrays: dict[str, torch.Tensor]
-) -> None:
-    """The global shared arrays after `round_num`: what a resumed run starts from."""
-    save_tensors(
-        Path(run_dir) / CHECKPOINT,
-        "checkpoint",
-        {"run_id": run_id, "round": round_num, "arrays": dict(arrays)},
-    )
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed round: the global shared arrays after it and the run's results up to it."""
+
+    run_id: str
+    round: int
+    arrays: dict[str, torch.Tensor]
+    results: dict  # what results.json holds after this round (header and rounds)
 
 
-def load_checkpoint(run_dir: str | Path, run_id: str) -> tuple[int, dict[str, torch.Tensor]] | None:
-    """The last completed round and the global arrays after it; None before round 1."""
+CHECKPOINT_WAY_OUT = "start a fresh run in a new directory"
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    payload = {
+        "run_id": checkpoint.run_id,
+        "round": checkpoint.round,
+        "arrays": dict(checkpoint.arrays),
+        "results": json.dumps(checkpoint.results, allow_nan=False),
+    }
+    return encode_tensors("checkpoint", payload)
+
+
+def load_checkpoint(run_dir: str | Path, run_id: str | None = None) -> Checkpoint | None:
+    """The last committed round of a run; None before round 1. `run_id`: the run it must be."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
-    record = load_tensors(path, "checkpoint", "start a fresh run in a new directory")
-    if record.get("run_id") != run_id:
-        raise StateFileError(f"{path} belongs to run {record.get('run_id')}, not {run_id}")
-    return int(record["round"]), record["arrays"]
+    record = load_tensors(path, "checkpoint", CHECKPOINT_WAY_OUT)
+    if run_id is not None and record.get("run_id") != run_id:
+        raise StateFileError(
+            f"{path} belongs to run {record.get('run_id')}, not {run_id}: {CHECKPOINT_WAY_OUT}"
+        )
+    return Checkpoint(
+        str(record["run_id"]), int(record["round"]), record["arrays"], json.loads(record["results"])
+    )

@@ -1,0 +1,283 @@
+"""Every config key checked before any data or Ray work, each in one line naming the key and
+what would work: known keys only, types (a bool is not a number), ranges, folders."""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fedper.algorithms import ALGORITHMS
+from fedper.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# sections a tool adds to its own preset and checks itself (fedper.bench: conf/bench.yaml)
+TOOL_SECTIONS = ("bench",)
+ENGINE_ADDRESS_KEYS = {"simulation": None, "ray": "address", "deployment": "superlink"}
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def show(value) -> str:
+    """A value as it is typed on the command line (YAML): true, null, 0.5."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, ListConfig):
+        return str(list(value))
+    return str(value)
+
+
+def is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_range(key: str, value, low: int, high: int, context: str = "") -> None:
+    """A whole number in low..high, or an error naming the key, the value and the range."""
+    check(
+        is_whole(value) and low <= value <= high,
+        f"{key}={show(value)} is out of range{context}: use {low}-{high}",
+    )
+
+
+def check_whole(key: str, value, low: int) -> None:
+    what = "not a whole number" if not is_whole(value) else "out of range"
+    check(is_whole(value) and value >= low, f"{key}={show(value)} is {what}: use a whole number >= {low}")  # fmt: skip
+
+
+def check_number(key: str, value, low: float, high: float | None = None, low_open=False) -> None:
+    """A finite number (not a bool) in [low, high) or [low, inf); (low, ...) with low_open."""
+    lower = f"> {low}" if low_open else f">= {low}"
+    use = f"a number {lower}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high})"  # fmt: skip
+    if not is_number(value):
+        raise ConfigError(f"{key}={show(value)} is not a number: use {use}")
+    inside = (value > low if low_open else value >= low) and (high is None or value < high)
+    check(inside, f"{key}={show(value)} is out of range: use {use}")
+
+
+def check_bool(key: str, value) -> None:
+    check(isinstance(value, bool), f"{key}={show(value)} is not true or false: use true or false")
+
+
+def check_choice(key: str, value, choices) -> None:
+    check(value in choices, f"{key}={show(value)} is unknown: use one of {', '.join(map(show, choices))}")  # fmt: skip
+
+
+def check_folder(key: str, value, must_create: bool = True) -> None:
+    """A folder that exists or can be created here; naming a file is refused."""
+    check(isinstance(value, str) and value.strip() != "", f"{key}={show(value)} is not a folder path: use a path")  # fmt: skip
+    path = Path(value).expanduser()
+    if path.exists():
+        check(path.is_dir(), f"{key}={value} is a file, not a folder: name a folder (created if missing)")  # fmt: skip
+        return
+    if not must_create:
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())
+    check(
+        parent.is_dir() and os.access(parent, os.W_OK | os.X_OK),
+        f"{key}={value} cannot be created ({parent} is {'not writable' if parent.is_dir() else 'a file'}): "
+        "name a folder you can write",
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=32)
+def _leaf_keys(path: Path) -> frozenset[str]:
+    return frozenset(leaf_keys(OmegaConf.to_container(OmegaConf.load(path))))
+
+
+def leaf_keys(tree, prefix: str = "") -> set[str]:
+    """Dotted paths of a config's values ({"a": {"b": 1}} -> {"a.b"})."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix.rstrip(".")} if prefix else set()
+    out: set[str] = set()
+    for key, value in tree.items():
+        if key != "defaults":
+            out |= leaf_keys(value, f"{prefix}{key}.")
+    return out
+
+
+def known_keys(cfg: DictConfig) -> set[str]:
+    """The keys conf/ defines: the presets' outside config groups, and in each group (dataset,
+    engine, ...) those of the chosen option (all options' when the choice has no file)."""
+    groups = [d for d in CONF_DIR.iterdir() if d.is_dir()]
+    known: set[str] = set()
+    for preset in CONF_DIR.glob("*.yaml"):
+        known |= {k for k in _leaf_keys(preset) if k.split(".")[0] not in {g.name for g in groups}}
+    for group in groups:
+        chosen = cfg.get(group.name)
+        name = chosen.get("name") if isinstance(chosen, DictConfig) else None
+        options = [group / f"{name}.yaml"] if name else []
+        if not any(o.is_file() for o in options):
+            options = sorted(group.glob("*.yaml"))
+        for option in options:
+            known |= {f"{group.name}.{key}" for key in _leaf_keys(option)}
+    return known
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """`+key=value` with a key fedper does not know is a typo, not a setting."""
+    given = leaf_keys(OmegaConf.to_container(cfg, resolve=False))
+    known = known_keys(cfg)
+    unknown = sorted(
+        key
+        for key in given
+        if key not in known
+        and not any(key.startswith(f"{k}.") for k in known)  # a value set to a list or dict
+        and key.split(".")[0] not in TOOL_SECTIONS
+    )
+    check(
+        not unknown,
+        f"{', '.join(unknown[:3])} is not a fedper setting: check the spelling (the settings "
+        "are in conf/base.yaml and conf/<group>/)",
+    )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every mistake a user can make in an override, caught before any data or Ray work."""
+    from fedper.config import resolve_device, resolve_num_gpus
+    from fedper.data import DATASETS
+    from fedper.models import MODELS
+
+    check_choice("algorithm", cfg.algorithm, list(ALGORITHMS))
+    check_choice("model_name", cfg.model_name, list(MODELS))
+    check(
+        cfg.dataset.name in DATASETS,
+        f"dataset={cfg.dataset.name} is unknown: use one of {', '.join(sorted(DATASETS))}",
+    )
+    check_known_keys(cfg)
+    check_whole("seed", cfg.seed, 0)
+    for key in ("num_clients", "num_rounds", "num_epochs", "batch_size", "clients_per_round"):
+        check_whole(key, cfg[key], 1)
+    check_number("learning_rate", cfg.learning_rate, 0, low_open=True)
+    check_number("momentum", cfg.momentum, 0, 1)
+    check_number("weight_decay", cfg.weight_decay, 0)
+    check_whole("finetune_epochs", cfg.finetune_epochs, 0)
+    check_range("clients_per_round", cfg.clients_per_round, 1, cfg.num_clients,
+                f" for num_clients={cfg.num_clients}")  # fmt: skip
+    check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
+                f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
+    check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
+                MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
+    check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
+    validate_dataset(cfg)
+    perf = cfg.performance
+    check_bool("performance.data_on_device", perf.data_on_device)
+    check_choice("performance.autocast", perf.autocast, ["auto", "bf16", "off"])
+    check_choice("performance.channels_last", perf.channels_last, ["auto", True, False])
+    check_bool("performance.cudnn_benchmark", perf.cudnn_benchmark)
+    for key in ("server_device", "client_device"):
+        resolve_device(cfg[key], key)
+    cpus = cfg.client_resources.num_cpus
+    check(
+        is_number(cpus) and 0 < cpus <= (os.cpu_count() or 1),
+        f"client_resources.num_cpus={show(cpus)} is out of range: use a number > 0 and at most "
+        f"this machine's {os.cpu_count()} CPUs",
+    )
+    resolve_num_gpus(cfg.client_resources.num_gpus)
+    validate_engine(cfg)
+    check_folder("data_dir", cfg.data_dir)
+    # deployment clients keep heads in their SuperNode's own state-dir, not necessarily here
+    check_folder("state_dir", cfg.state_dir, must_create=cfg.engine.name != "deployment")
+    resume = cfg.get("resume")
+    check(resume is None or isinstance(resume, str), f"resume={show(resume)} is not a run directory: use resume=<dir>")  # fmt: skip
+    validate_debug(cfg)
+    check_data_settings(cfg)
+
+
+def validate_dataset(cfg: DictConfig) -> None:
+    """The keys every dataset has; dataset-specific ones are the data layer's (check_data_settings)."""
+    ds = cfg.dataset
+    check_whole("dataset.total_classes", ds.total_classes, 1)
+    check_whole("dataset.image_size", ds.image_size, 1)
+    check_whole("dataset.seed", ds.seed, 0)
+    if ds.get("num_classes") is not None:
+        check_range("dataset.num_classes", ds.num_classes, 1, ds.total_classes,
+                    f" (classes per client) for {ds.name}")  # fmt: skip
+    if ds.get("fraction") is not None:
+        check(
+            is_number(ds.fraction) and 0 < ds.fraction < 1,
+            f"dataset.fraction={show(ds.fraction)} is out of range: use a number strictly "
+            "between 0 and 1",
+        )
+    if "download" in ds:
+        check_bool("dataset.download", ds.download)
+    augment = ds.get("augment") or {}
+    if "crop_padding" in augment:
+        check_whole("dataset.augment.crop_padding", augment.crop_padding, 0)
+    if "flip" in augment:
+        check_bool("dataset.augment.flip", augment.flip)
+
+
+def validate_debug(cfg: DictConfig) -> None:
+    """The test-only fault hook: off (null) or a client, a round and a phase that exist."""
+    debug = cfg.get("debug") or {}
+    if debug.get("fail_client") is not None:
+        check_range("debug.fail_client", debug.fail_client, 0, cfg.num_clients - 1,
+                    f" for num_clients={cfg.num_clients}")  # fmt: skip
+    if debug.get("fail_round") is not None:
+        check_whole("debug.fail_round", debug.fail_round, 1)
+    if "fail_phase" in debug:
+        check_choice("debug.fail_phase", debug.fail_phase, ["train", "evaluate"])
+
+
+def validate_engine(cfg: DictConfig) -> None:
+    """The engine group: a known name, the address it needs, sensible timeouts."""
+    engine = cfg.get("engine")
+    check(
+        engine is not None and engine.get("name") in ENGINE_ADDRESS_KEYS,
+        f"engine={None if engine is None else engine.get('name')} is unknown: use one of "
+        f"{', '.join(ENGINE_ADDRESS_KEYS)}",
+    )
+    key = ENGINE_ADDRESS_KEYS[engine.name]
+    if key is not None:
+        value = None if OmegaConf.is_missing(engine, key) else engine.get(key)
+        check(
+            isinstance(value, str) and value.rpartition(":")[2].isdigit(),
+            f"engine={engine.name} needs engine.{key}=<host:port>"
+            + (" of the Ray cluster's head node" if engine.name == "ray" else " of the SuperLink")
+            + (f", not {value}" if value is not None else ""),
+        )
+    for name in ("connect_timeout", "reply_timeout"):
+        value = engine.get(name)
+        check(
+            is_number(value) and value > 0,
+            f"engine.{name}={show(value)} is out of range: use a number of seconds > 0",
+        )
+    cpus = engine.get("num_cpus")
+    check(
+        cpus is None or (is_whole(cpus) and cpus > 0),
+        f"engine.num_cpus={show(cpus)} is out of range: use null (all CPUs) or a whole number > 0",
+    )
+    for name in ("ship_code", "insecure"):
+        if name in engine:
+            check_bool(f"engine.{name}", engine[name])
+    certificates = engine.get("root_certificates")
+    if certificates is not None:
+        check(
+            isinstance(certificates, str) and Path(certificates).expanduser().is_file(),
+            f"engine.root_certificates={show(certificates)} is not a file: name the CA "
+            "certificate (PEM) that signed the SuperLink's, or null",
+        )
+
+
+def check_data_settings(cfg: DictConfig) -> None:
+    """The dataset's own keys (mean/std one per channel, partition settings): the data layer's
+    checks, before any data is read. Whether the data can feed `num_clients` is checked by
+    `prepare_dataset` (fedper.data's check_capacity), still before any engine starts."""
+    from fedper import data
+
+    # the data branch adds check_dataset_settings; this hook calls it once merged
+    check_dataset = getattr(data, "check_dataset_settings", None)
+    if check_dataset is not None:
+        check_dataset(cfg)
