@@ -34,7 +34,13 @@ import torch
 
 from fedper.errors import StateFileError, StorageError
 from fedper.results import finite, results_csv, results_json, results_png
-from fedper.rundir import RESULTS_CSV, RESULTS_JSON, RESULTS_PNG, read_checked_json
+from fedper.rundir import (
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_PNG,
+    read_checked_json,
+    sweep_temporaries,
+)
 from fedper.state import (
     CHECKPOINT,
     Checkpoint,
@@ -80,6 +86,7 @@ class RoundCommit:
     def restore(self) -> Checkpoint | None:
         """The checkpoint to continue after (None: start at round 1), with every view rewritten
         to match it. Without a header of its own, the run keeps the checkpoint's."""
+        sweep_temporaries(self.run_dir)  # of commits a kill interrupted
         checkpoint = load_checkpoint(self.run_dir, self.run_id)
         if checkpoint is not None:
             saved = {k: v for k, v in checkpoint.results.items() if k != "rounds"}

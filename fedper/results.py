@@ -45,7 +45,20 @@ def results_csv(rounds: list[dict]) -> str:
     return pd.DataFrame(rounds).reindex(columns=CSV_COLUMNS).to_csv(index=False)
 
 
+PARTIAL_LABEL = "partial round (fewer clients)"
+
+
 def results_png(body: dict) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = results_figure(body)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def results_figure(body: dict):
     """Accuracy and loss per round; a round that went on with fewer clients is marked."""
     import matplotlib
 
@@ -68,10 +81,10 @@ def results_png(body: dict) -> bytes:
         train_loss = table["train_loss"].astype(float)
         if train_loss.notna().any():
             ax_loss.plot(table["round"], train_loss, marker="o", ms=3, label="train loss")
-        partial = table[table.get("partial", pd.Series(False, index=table.index)).fillna(False)]
+        partial = table[[r["round"] in partial_rounds(body["rounds"]) for r in body["rounds"]]]
         if len(partial):
             ax_acc.plot(partial["round"], partial["accuracy"], "x", color="red", ms=8, mew=2,
-                        label="partial round (fewer clients)")  # fmt: skip
+                        label=PARTIAL_LABEL)  # fmt: skip
         ax_acc.legend(loc="lower right")
         ax_loss.legend(loc="upper right")
     ax_acc.set(xlabel="round", ylabel="personalized test accuracy", ylim=(0, 1))
@@ -81,10 +94,7 @@ def results_png(body: dict) -> bytes:
         f"{cfg.get('algorithm')} · {cfg.get('model_name')} · {cfg.get('dataset', {}).get('name')}"
     )
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return fig
 
 
 def load_results(run_dir: str | Path) -> dict:
