@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import TINY, read_results, run_main
 
+pytestmark = pytest.mark.slow
 BASE = ["dataset=digits", *TINY]
 
 
@@ -56,6 +57,9 @@ def test_csv_png_and_console_line_per_round(fedper_run):
     output = result.stdout + result.stderr
     assert "round 1/2  accuracy" in output and "round 2/2  accuracy" in output
     assert "INFO" not in output  # Flower's progress logs stay out of the console
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert last.startswith(f"finished 2 round(s) -> {run_dir}: final accuracy 0.")
+    assert last.endswith("; partial rounds (fewer clients than asked): 0")
 
 
 def test_fedper_uploads_only_the_base_and_heads_stay_on_disk(fedper_run):
