@@ -29,6 +29,7 @@ log = logging.getLogger("fedper")
 app = ServerApp()
 FATAL = "fatal"  # the record a client answers with when it cannot take part at all
 POLL_SECONDS = 0.02
+ERROR_PREFIX = "fedper: error: "  # how the ServerApp's one-line errors reach the launcher
 
 
 @app.main()
@@ -40,8 +41,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, plan_from_run_config(context.run_config, context.run_id))
     except FedPerError as error:
-        log.error("fedper: error: %s", error)
-        sys.exit(2)
+        # one line for the console; raising lets Flower mark the run failed and send its logs
+        log.error("%s%s", ERROR_PREFIX, error)
+        raise
 
 
 def server_app_for(plan: RunPlan, stop: threading.Event) -> ServerApp:
