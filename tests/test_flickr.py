@@ -141,7 +141,7 @@ def test_draw_and_splits_follow_the_seed(mini):
     assert workers != [c.info["worker"] for c in other.clients]
     # every seed draws from the same eligible workers, so all share one decoded pool
     assert first.pool_path == other.pool_path
-    assert len(list((data_dir / "flickr" / "cache").glob("*.npy"))) == 1
+    assert len(list((data_dir / "flickr" / "cache").glob("*.json"))) == 1
 
 
 def test_each_client_has_its_own_scores_and_disjoint_stratified_splits(mini):
