@@ -46,6 +46,10 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     }
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global that a CIFAR batch never refers to."""
+
+
 class BatchUnpickler(pickle.Unpickler):
     """Dicts, lists, bytes, strings and numbers as pickle makes them, plus numpy arrays;
     any other global (os.system, builtins.eval, ...) is refused before it is looked up."""
@@ -56,10 +60,10 @@ class BatchUnpickler(pickle.Unpickler):
         try:
             return self.allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"{module}.{name}") from None
+            raise ForbiddenGlobal(f"{module}.{name}") from None
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("a persistent id")
+        raise ForbiddenGlobal("a persistent id")
 
 
 class NotACifarBatch(DatasetNotFoundError):
@@ -78,9 +82,10 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
             batch = BatchUnpickler(handle, encoding="bytes").load()
-    except pickle.UnpicklingError as error:
+    except ForbiddenGlobal as error:
         raise refuse(f"it refers to {error}, which a CIFAR file never contains") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError) as error:  # fmt: skip
         raise refuse(f"unreadable pickle: {type(error).__name__}") from None
     if not isinstance(batch, dict):
         raise refuse(f"it holds a {type(batch).__name__}, not a dict")
