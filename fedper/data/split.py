@@ -30,7 +30,7 @@ def split_train_test(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def test_counts(labels: np.ndarray, train_fraction: float) -> dict[int, int]:
+def stratified_test_counts(labels: np.ndarray, train_fraction: float) -> dict[int, int]:
     """Test examples wanted per class, by the rule of `split_train_test`."""
     counts = {}
     for label, size in zip(*np.unique(labels, return_counts=True), strict=True):
@@ -139,7 +139,7 @@ def split_with_shared_items(
     validation from the training items. Both steps keep a shared item on one side for all
     its holders (see split_shared); each step has its own random stream.
     """
-    test = split_shared(rows, labels, [test_counts(k, fraction) for k in labels],
+    test = split_shared(rows, labels, [stratified_test_counts(k, fraction) for k in labels],
                         np.random.default_rng([seed, 1]))  # fmt: skip
     val = validation_masks(
         [r[~t] for r, t in zip(rows, test, strict=True)],
