@@ -153,7 +153,7 @@ class PoolCache:
         self.labels = self.pool.with_suffix(".labels.npy")
         self.manifest = self.pool.with_suffix(".json")
         self.make = make
-        self.damage: str | None = None  # what `read` last found damaged, for error messages
+        self.damage: CacheDamage | None = None  # what `read` last found, for error messages
 
     def ensure(self) -> CachedPool:
         """The verified cache, built first when it is absent or damaged (with a warning)."""
@@ -165,8 +165,9 @@ class PoolCache:
         except FedPerError as error:
             if self.damage is None:
                 raise
+            path, reason = self.damage.path, self.damage.reason
             raise CacheError(
-                f"dataset cache {self.damage} is damaged and cannot be rebuilt from its "
+                f"dataset cache {path} is damaged ({reason}) and cannot be rebuilt from its "
                 f"source: {error}"
             ) from None
 
@@ -182,9 +183,9 @@ class PoolCache:
         try:
             return self._read_verified()
         except CacheDamage as damage:
-            self.damage = str(damage)
+            self.damage = damage
             log.warning(
-                "dataset cache %s is damaged (%s): rebuilding it", damage.path, damage.reason
+                "dataset cache %s cannot be used (%s): rebuilding it", damage.path, damage.reason
             )
             self.discard()
             return None
@@ -192,9 +193,14 @@ class PoolCache:
     def _read_verified(self) -> CachedPool:
         try:
             record = json.loads(self.manifest.read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and "body" not in record and "images" in record:
+            raise CacheDamage(self.manifest, "an index in the format before checksums")
+        try:
             body = record["body"]
-            intact = record["sha256"] == _digest(body)
-        except (OSError, ValueError, KeyError, TypeError):
+            intact = record["sha256"] == _digest(body) and body["format"] == CACHE_FORMAT
+        except (KeyError, TypeError):
             intact = False
         if not intact:
             raise CacheDamage(self.manifest, "unreadable or altered manifest")
