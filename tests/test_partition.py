@@ -236,3 +236,28 @@ def test_shared_items_go_to_one_side_for_every_holder():
         # exclusive items fill exactly what each client still needs
         assert masks[0][4:].sum() == max(0, 3 - shared_out)
         assert not masks[1][4:].any()
+
+
+def test_flwr_datasets_pathological_partitioner_draws_our_classes_but_not_our_examples():
+    """Why `pathological` stays ours: flwr-datasets' PathologicalPartitioner (mode "random")
+    draws the same classes from the same seed, but gives each owner a contiguous run of
+    the class's rows in file order instead of a random share."""
+    import warnings
+
+    from datasets import Dataset
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    theirs = PathologicalPartitioner(
+        num_partitions=10, partition_by="label", num_classes_per_partition=4, seed=42
+    )
+    theirs.dataset = Dataset.from_dict({"label": LABELS, "row": np.arange(len(LABELS))})
+    ours = partition_labels(LABELS, settings(val=0.0))
+    for cid, mine in enumerate(ours):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = np.sort(np.asarray(theirs.load_partition(cid)["row"]))
+        assert sorted(set(LABELS[rows].tolist())) == mine["classes"]
+        assert not np.array_equal(rows, np.sort(covered([mine])))
+        for label in mine["classes"]:
+            share = rows[LABELS[rows] == label]
+            assert share[-1] - share[0] + 1 == len(share)  # one contiguous run (LABELS is sorted)

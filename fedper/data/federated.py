@@ -20,6 +20,7 @@ from fedper.data.cache import (
     PoolCache,
     discard_cache,
     first_damaged_row,
+    write_atomic,
 )
 from fedper.data.partition import PartitionSettings, partition_labels
 from fedper.errors import FedPerError
@@ -112,9 +113,12 @@ class FederatedDataset:
             "info": [client.info for client in self.clients],
         }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        write_atomic(path, write)
         return path
 
     @classmethod
