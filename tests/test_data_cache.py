@@ -240,7 +240,7 @@ from tests.conftest import make_config
 cfg = make_config(['dataset=digits', 'data_dir={tmp_path}', 'num_clients=10'])
 from fedper.data import prepare_dataset
 prepare_dataset(cfg)
-heavy = sorted(m for m in ('sklearn', 'pandas', 'PIL', 'datasets', 'flwr_datasets', 'torch')
+heavy = sorted(m for m in ('sklearn', 'pandas', 'PIL', 'datasets', 'flwr_datasets')
                if m in sys.modules)
 print(heavy)
 """
