@@ -36,7 +36,7 @@ def check_range(key: str, value, low: int, high: int, context: str = "") -> None
 
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work."""
-    from fedper.data import DATASETS
+    from fedper.data import DATASETS, check_dataset_settings
     from fedper.models import MODELS
 
     check(
@@ -66,6 +66,7 @@ def validate_config(cfg: DictConfig) -> None:
                 f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
     check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
                 MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
+    check_dataset_settings(cfg)
     per_client = cfg.dataset.get("num_classes")
     if per_client is not None:
         check_range("dataset.num_classes", per_client, 1, cfg.dataset.total_classes,
