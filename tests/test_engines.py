@@ -50,6 +50,8 @@ class Processes:
     def start(self, name: str, args: list[str], **kwargs) -> tuple[subprocess.Popen, Path]:
         log = self.folder / f"{name}.log"
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", **kwargs.pop("env", {})}
+        # Flower's servers start their helpers (flower-superexec, flwr-clientapp) by name
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         process = subprocess.Popen(
             args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
             env=env, **kwargs,
