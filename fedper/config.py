@@ -74,10 +74,14 @@ def validate_config(cfg: DictConfig) -> None:
     fraction = cfg.dataset.get("fraction")
     if fraction is not None:
         check(0 < fraction < 1, f"dataset.fraction={fraction} must lie strictly between 0 and 1")
-    check(
-        isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0,
-        f"finetune_epochs={cfg.finetune_epochs} must be a whole number >= 0",
-    )
+    for key in ("finetune_epochs", "fedrep.head_epochs"):
+        value = OmegaConf.select(cfg, key)
+        check(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            f"{key}={value} must be a whole number >= 0",
+        )
+    local_bn = OmegaConf.select(cfg, "model.local_bn")
+    check(isinstance(local_bn, bool), f"model.local_bn={local_bn} must be true or false")
     perf = cfg.performance
     check(
         perf.autocast in ("auto", "bf16", "off"),

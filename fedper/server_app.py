@@ -162,7 +162,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     if checkpoint is None:
         # the server never trains: its model stays on the CPU, whatever the clients use
         model = build_model(cfg, seed=cfg.seed)
-        first_round, arrays = 1, model.part_state(algorithm.shared_parts)
+        keys = algorithm.shared_keys(model, bool(cfg.model.get("local_bn", False)))
+        first_round, arrays = 1, model.state_of(keys)
         results = RunResults(run_dir, header)
         results.write()
     else:
@@ -182,7 +183,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         train_replies = link.exchange(train_messages, strategy.client_of_node)
         trained_at = time.perf_counter()
         aggregated = strategy.aggregate_shared(round_num, train_replies)
-        if aggregated is not None and algorithm.shared_parts:
+        if aggregated is not None and arrays:
             arrays = aggregated
         aggregated_at = time.perf_counter()
         record = ArrayRecord(arrays) if arrays else ArrayRecord()

@@ -20,7 +20,8 @@ def register_model(cls: type[ModelSplit]) -> type[ModelSplit]:
 
 def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
     """The configured model; with a seed, its initial weights are fixed by that seed."""
-    options = {k: v for k, v in cfg.model.items() if k != "num_head_layers"}
+    # `local_bn` says what a client keeps, not how the network is built
+    options = {k: v for k, v in cfg.model.items() if k not in ("num_head_layers", "local_bn")}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

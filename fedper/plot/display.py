@@ -52,7 +52,7 @@ def algorithm_label(name: object) -> str:
     return algorithm.label if algorithm else text(name)
 
 
-def algorithm_style(name: object) -> str:
+def algorithm_style(name: object) -> str | tuple:
     algorithm = ALGORITHMS.get(str(name))
     return algorithm.style if algorithm else "-"
 

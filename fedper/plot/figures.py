@@ -79,7 +79,7 @@ def _draw_panel(
         ax.plot(
             curve["round"],
             curve["mean"],
-            style,
+            linestyle=style,
             color=color,
             marker="o",
             ms=2.5,
