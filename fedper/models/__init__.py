@@ -5,17 +5,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from fedper.models.mobilenet import MobileNetV1
-from fedper.models.resnet import ResNet34
+from fedper.models import mobilenet, resnet  # noqa: F401  (each registers its model)
+from fedper.models.registry import MODELS, register_model
 from fedper.models.split import ModelSplit
-
-MODELS: dict[str, type[ModelSplit]] = {cls.name: cls for cls in (MobileNetV1, ResNet34)}
-
-
-def register_model(cls: type[ModelSplit]) -> type[ModelSplit]:
-    """Class decorator: make a ModelSplit subclass available as `model_name=<cls.name>`."""
-    MODELS[cls.name] = cls
-    return cls
 
 
 def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
