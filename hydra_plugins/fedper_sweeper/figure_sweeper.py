@@ -1,0 +1,105 @@
+"""The figure sweeper: Hydra's basic sweeper over a union of grids, with seeds and filters.
+
+Selected by `conf/hydra/sweeper/figure.yaml` (every `conf/figure/` config does). Options, all
+under `hydra.sweeper`: `params` (swept in every grid, as in the basic sweeper), `grids` (the
+sweep is the union of their products with `params`), `tied` (settings that go with a value),
+`only` (keep these values), `seeds` (repeats of each setting), `dry_run` (list, run nothing).
+The logic is in fedper.figures; this class reads the options and talks to the launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from fedper.errors import FedPerError
+from fedper.figures import check_only, expand_jobs, resource_overrides, run_status
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+class FigureSweeper(BasicSweeper):
+    """Runs every job of a figure through the configured launcher, then reports failures."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, str]] | None = None,
+        tied: dict[str, dict[str, dict[str, Any]]] | None = None,
+        only: dict[str, list[Any]] | None = None,
+        seeds: int | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        super().__init__(max_batch_size, _plain(params) or {})
+        self.grids = _plain(grids) or [{}]
+        self.tied = _plain(tied) or {}
+        self.only = {key: list(values) for key, values in (_plain(only) or {}).items()}
+        self.seeds = seeds
+        self.dry_run = dry_run
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        try:
+            check_only(self.only)
+            jobs = expand_jobs(
+                self.params, self.grids, arguments, tied=self.tied, only=self.only,
+                seeds=self.seeds, first_seed=self.config.seed,
+            )  # fmt: skip
+        except FedPerError as error:  # a bad setting: said in one line, as fedper.main does
+            print(f"fedper: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if not jobs:
+            log.info("No runs: hydra.sweeper.only=%s leaves none of this sweep's runs", self.only)
+            return []
+        client_cpus = self.config.client_resources.num_cpus
+        extra = resource_overrides(self.config.hydra.launcher, os.cpu_count() or 1, client_cpus)
+        jobs = [job + extra for job in jobs]
+        statuses = [self._status(job) for job in jobs]  # also checks that every job composes
+        if self.dry_run:
+            print(f"{len(jobs)} runs in {sweep_dir}:")
+            for folder, status in statuses:
+                print(f"  {status:<26} {folder}")
+            return []
+        counts = {s: sum(1 for _, t in statuses if t == s) for s in ("finished", "to run")}
+        log.info(
+            "%d runs in %s: %d finished (they return at once), %d to continue, %d to start",
+            len(jobs), sweep_dir, counts["finished"],
+            len(jobs) - counts["finished"] - counts["to run"], counts["to run"],
+        )  # fmt: skip
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        results: list[JobReturn] = []
+        while not self.is_done():
+            results += self.launcher.launch(self.get_job_batch(), initial_job_idx=len(results))
+        failed = [(f, r) for (f, _), r in zip(statuses, results, strict=True) if r.status == JobStatus.FAILED]  # fmt: skip
+        if failed:
+            for folder, result in failed:
+                error = result._return_value
+                log.error("Failed: %s: %s: %s", folder, type(error).__name__, error)
+            print(
+                f"fedper: {len(failed)} of {len(jobs)} runs failed (their logs are main.log in "
+                f"each folder under {sweep_dir}); rerun the same command to retry them",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+        return [results]
+
+    def _status(self, job: list[str]) -> tuple[str, str]:
+        """The job's folder name (from its overrides) and what launching it will do."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
+        folder = str(cfg.hydra.sweep.subdir)
+        return folder, run_status(Path(str(cfg.hydra.sweep.dir)) / folder, cfg.num_rounds)
