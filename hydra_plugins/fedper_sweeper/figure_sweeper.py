@@ -68,15 +68,16 @@ class FigureSweeper(BasicSweeper):
         extra = resource_overrides(self.config.hydra.launcher, os.cpu_count() or 1, client_cpus)
         jobs = [job + extra for job in jobs]
         statuses = [self._status(job) for job in jobs]  # also checks that every job composes
+        shared = f" (each with {' '.join(extra)})" if extra else ""
         if self.dry_run:
-            print(f"{len(jobs)} runs in {sweep_dir}:")
+            print(f"{len(jobs)} runs in {sweep_dir}{shared}:")
             for folder, status in statuses:
                 print(f"  {status:<26} {folder}")
             return []
         counts = {s: sum(1 for _, t in statuses if t == s) for s in ("finished", "to run")}
         log.info(
-            "%d runs in %s: %d finished (they return at once), %d to continue, %d to start",
-            len(jobs), sweep_dir, counts["finished"],
+            "%d runs in %s%s: %d finished (they return at once), %d to continue, %d to start",
+            len(jobs), sweep_dir, shared, counts["finished"],
             len(jobs) - counts["finished"] - counts["to run"], counts["to run"],
         )  # fmt: skip
         sweep_dir.mkdir(parents=True, exist_ok=True)
