@@ -51,34 +51,25 @@ class FigureSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
-        try:
-            check_only(self.only)
-            jobs = expand_jobs(
-                self.params, self.grids, arguments, tied=self.tied, only=self.only,
-                seeds=self.seeds, first_seed=self.config.seed,
-            )  # fmt: skip
-        except FedPerError as error:  # a bad setting: said in one line, as fedper.main does
-            print(f"fedper: error: {error}", file=sys.stderr)
-            sys.exit(2)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        jobs = self._jobs(arguments)
         if not jobs:
             log.info("No runs: hydra.sweeper.only=%s leaves none of this sweep's runs", self.only)
             return []
         client_cpus = self.config.client_resources.num_cpus
         extra = resource_overrides(self.config.hydra.launcher, os.cpu_count() or 1, client_cpus)
         jobs = [job + extra for job in jobs]
-        statuses = [self._status(job) for job in jobs]  # also checks that every job composes
-        shared = f" (each with {' '.join(extra)})" if extra else ""
+        folders, statuses = zip(*(self._status(job) for job in jobs), strict=True)
+        each = f" (each with {' '.join(extra)})" if extra else ""
         if self.dry_run:
-            print(f"{len(jobs)} runs in {sweep_dir}{shared}:")
-            for folder, status in statuses:
+            print(f"{len(jobs)} runs in {sweep_dir}{each}:")
+            for folder, status in zip(folders, statuses, strict=True):
                 print(f"  {status:<26} {folder}")
             return []
-        counts = {s: sum(1 for _, t in statuses if t == s) for s in ("finished", "to run")}
+        finished, new = statuses.count("finished"), statuses.count("to run")
         log.info(
             "%d runs in %s%s: %d finished (they return at once), %d to continue, %d to start",
-            len(jobs), sweep_dir, shared, counts["finished"],
-            len(jobs) - counts["finished"] - counts["to run"], counts["to run"],
+            len(jobs), sweep_dir, each, finished, len(jobs) - finished - new, new,
         )  # fmt: skip
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -86,21 +77,43 @@ class FigureSweeper(BasicSweeper):
         results: list[JobReturn] = []
         while not self.is_done():
             results += self.launcher.launch(self.get_job_batch(), initial_job_idx=len(results))
-        failed = [(f, r) for (f, _), r in zip(statuses, results, strict=True) if r.status == JobStatus.FAILED]  # fmt: skip
-        if failed:
-            for folder, result in failed:
-                error = result._return_value
-                log.error("Failed: %s: %s: %s", folder, type(error).__name__, error)
-            print(
-                f"fedper: {len(failed)} of {len(jobs)} runs failed (their logs are main.log in "
-                f"each folder under {sweep_dir}); rerun the same command to retry them",
-                file=sys.stderr,
-            )
-            sys.exit(1)
+        self._report_failures(folders, results, sweep_dir)
         return [results]
+
+    def _jobs(self, arguments: list[str]) -> list[list[str]]:
+        """Every run's overrides; a bad setting ends the sweep in one line, as fedper.main does."""
+        try:
+            check_only(self.only)
+            return expand_jobs(
+                self.params, self.grids, arguments, tied=self.tied, only=self.only,
+                seeds=self.seeds, first_seed=self.config.seed,
+            )  # fmt: skip
+        except FedPerError as error:
+            print(f"fedper: error: {error}", file=sys.stderr)
+            sys.exit(2)
 
     def _status(self, job: list[str]) -> tuple[str, str]:
         """The job's folder name (from its overrides) and what launching it will do."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
         folder = str(cfg.hydra.sweep.subdir)
         return folder, run_status(Path(str(cfg.hydra.sweep.dir)) / folder, cfg.num_rounds)
+
+    @staticmethod
+    def _report_failures(
+        folders: tuple[str, ...], results: list[JobReturn], sweep_dir: Path
+    ) -> None:
+        """Every run was tried; name the ones that failed and exit 1 (Hydra raises the first)."""
+        failed = [
+            (folder, result._return_value)  # the exception (return_value would raise it)
+            for folder, result in zip(folders, results, strict=True)
+            if result.status == JobStatus.FAILED
+        ]
+        for folder, error in failed:
+            log.error("Failed: %s: %s: %s", folder, type(error).__name__, error)
+        if failed:
+            print(
+                f"fedper: {len(failed)} of {len(results)} runs failed (see main.log in their "
+                f"folders under {sweep_dir}); rerun the same command to retry them",
+                file=sys.stderr,
+            )
+            sys.exit(1)
