@@ -12,7 +12,7 @@ import fcntl
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -148,6 +148,26 @@ def run_status(run_dir: Path, num_rounds: int) -> str:
     if done >= num_rounds:
         return "finished"
     return f"continues after round {done}" if done else "to run"
+
+
+def prepare_datasets(configs: Iterable[DictConfig]) -> None:
+    """Build each distinct dataset cache once, here, before the runs start.
+
+    Runs that start together would all download or build the same cache, which is not safe
+    to race; on a cluster the submitting machine is often the only one online. Keys that only
+    change the partition (classes per client, seed, fraction) do not make a new cache.
+    """
+    from fedper.data import prepare_dataset
+
+    seen = set()
+    for cfg in configs:
+        dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        for key in ("num_classes", "seed", "fraction"):
+            dataset.pop(key, None)
+        key = json.dumps([cfg.data_dir, dataset], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prepare_dataset(cfg)
 
 
 # ---- each parallel job's share of the machine ------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from hydra_plugins.fedper_sweeper import figure_sweeper
 from hydra_plugins.fedper_sweeper.figure_sweeper import FigureSweeper
 
 
@@ -44,11 +45,21 @@ def make_sweeper(
     )
     sweeper.launcher = RecordingLauncher(fail)
     # the folder a job's overrides name, without composing a config
-    sweeper._status = lambda job: (",".join(sorted(job)), "to run")
+    sweeper._plan = lambda job: (",".join(sorted(job)), "to run", None)
     return sweeper
 
 
-def test_every_run_is_tried_and_failures_are_named(tmp_path: Path, capsys) -> None:
+@pytest.fixture(autouse=True)
+def no_data(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Records the configs whose datasets the sweeper prepares, and prepares none."""
+    prepared = []
+    monkeypatch.setattr(
+        figure_sweeper, "prepare_datasets", lambda configs: prepared.extend(configs)
+    )
+    return prepared
+
+
+def test_every_run_is_tried_and_failures_are_named(tmp_path: Path, capsys, no_data) -> None:
     sweeper = make_sweeper(tmp_path, {}, fail="algorithm=fedper", seeds=2, max_batch_size=3)
     with pytest.raises(SystemExit) as stop:
         sweeper.sweep(["+figure=fig2"])
@@ -57,6 +68,7 @@ def test_every_run_is_tried_and_failures_are_named(tmp_path: Path, capsys) -> No
     assert [len(batch) for batch in batches] == [3, 1]  # max_batch_size jobs at a time
     assert sum(len(batch) for batch in batches) == 4  # the failures did not stop the others
     assert "fedper: 2 of 4 runs failed" in capsys.readouterr().err
+    assert len(no_data) == 4  # datasets were prepared before launching, here
     assert (tmp_path / "runs" / "multirun.yaml").is_file()
 
 

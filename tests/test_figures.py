@@ -185,3 +185,21 @@ def test_run_status_reads_the_rounds_a_folder_holds(tmp_path: Path) -> None:
     assert run_status(tmp_path, 2) == "finished"
     (tmp_path / "results.json").write_text("{not json")
     assert run_status(tmp_path, 2) == "to run"
+
+
+def test_each_dataset_cache_is_prepared_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import make_config
+
+    import fedper.data
+
+    prepared = []
+    monkeypatch.setattr(fedper.data, "prepare_dataset", lambda cfg: prepared.append(cfg))
+    configs = [
+        make_config(["dataset=digits", f"dataset.num_classes={k}", f"seed={seed}", size])
+        for k in (4, 8)
+        for seed in (42, 43)
+        for size in ("dataset.image_size=64", "dataset.image_size=48")
+    ]
+    figures.prepare_datasets(configs)
+    # partitions differ, caches do not: one per image size
+    assert [cfg.dataset.image_size for cfg in prepared] == [64, 48]

@@ -17,10 +17,16 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fedper.errors import FedPerError
-from fedper.figures import check_only, expand_jobs, resource_overrides, run_status
+from fedper.figures import (
+    check_only,
+    expand_jobs,
+    prepare_datasets,
+    resource_overrides,
+    run_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class FigureSweeper(BasicSweeper):
         client_cpus = self.config.client_resources.num_cpus
         extra = resource_overrides(self.config.hydra.launcher, os.cpu_count() or 1, client_cpus)
         jobs = [job + extra for job in jobs]
-        folders, statuses = zip(*(self._status(job) for job in jobs), strict=True)
+        folders, statuses, configs = zip(*(self._plan(job) for job in jobs), strict=True)
         each = f" (each with {' '.join(extra)})" if extra else ""
         if self.dry_run:
             print(f"{len(jobs)} runs in {sweep_dir}{each}:")
@@ -71,6 +77,11 @@ class FigureSweeper(BasicSweeper):
             "%d runs in %s%s: %d finished (they return at once), %d to continue, %d to start",
             len(jobs), sweep_dir, each, finished, len(jobs) - finished - new, new,
         )  # fmt: skip
+        try:
+            prepare_datasets(c for c, s in zip(configs, statuses, strict=True) if s != "finished")
+        except FedPerError as error:  # e.g. a dataset that is not there: once, not per run
+            print(f"fedper: error: {error}", file=sys.stderr)
+            sys.exit(2)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
@@ -92,11 +103,11 @@ class FigureSweeper(BasicSweeper):
             print(f"fedper: error: {error}", file=sys.stderr)
             sys.exit(2)
 
-    def _status(self, job: list[str]) -> tuple[str, str]:
-        """The job's folder name (from its overrides) and what launching it will do."""
+    def _plan(self, job: list[str]) -> tuple[str, str, DictConfig]:
+        """The job's folder name (from its overrides), what launching it will do, its config."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
         folder = str(cfg.hydra.sweep.subdir)
-        return folder, run_status(Path(str(cfg.hydra.sweep.dir)) / folder, cfg.num_rounds)
+        return folder, run_status(Path(str(cfg.hydra.sweep.dir)) / folder, cfg.num_rounds), cfg
 
     @staticmethod
     def _report_failures(
