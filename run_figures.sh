@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the paper's figures 2, 4, 7 and 8: each figure's sweep is a Hydra config
-# (conf/figure/figN.yaml, figN_quick.yaml at CPU scale) run as one
+# The paper's figures: each figure's sweep is a Hydra config (conf/figure/figN.yaml) run by
 # `python -m fedper.main --multirun +figure=figN`, then drawn by `python -m fedper.plot`.
 # This script only turns its options into overrides.
 set -euo pipefail
@@ -16,7 +15,7 @@ folder named from its overrides, then draws the figures and summary tables. Reru
 command to continue: finished runs return at once, half-done ones resume.
 
   --figures LIST     comma-separated (default: every conf/figure/figN.yaml)
-  --seeds N          seeds per setting, from the config's seed (42) on (default: 1)
+  --seeds N          seeds per setting, from the config's seed on (default: 1)
   --first-seed S     start the seeds at S
   --quick            CPU scale on digits (conf/figure/figN_quick.yaml: figures 2 and 4)
   --rounds N         rounds of every run, instead of each figure's
@@ -72,11 +71,7 @@ while [[ $# -gt 0 ]]; do
 	shift
 done
 
-if ((${#figures[@]} == 0)); then # every figure that has a config
-	for config in "$REPO_DIR"/conf/figure/fig*.yaml; do
-		[[ "$config" == *_quick.yaml ]] || figures+=("$(basename "$config" .yaml | tr -dc 0-9)")
-	done
-fi
+((${#figures[@]})) || mapfile -t figures < <(ls "$REPO_DIR/conf/figure" | sed -n 's/^fig\([0-9]*\)\.yaml$/\1/p')
 for figure in "${figures[@]}"; do
 	[[ -f "$REPO_DIR/conf/figure/fig$figure.yaml" ]] || die "--figures: no figure '$figure' (conf/figure/fig$figure.yaml)"
 done
@@ -99,8 +94,8 @@ for figure in "${figures[@]}"; do
 	plot=("$python" -m fedper.plot "$runs" --out "$out" --figure "figure$figure")
 	echo "== figure $figure: $(printf '%q ' "${command[@]}")=="
 	rc=0 && "${command[@]}" || rc=$?
-	# 2: a bad setting; 128+: killed. The next figure would fare no better.
-	((rc != 2 && rc < 128)) || { echo "== figure $figure: stopped (exit $rc); rerun to continue ==" >&2 && exit "$rc"; }
+	# 2: a bad setting, 128+: killed; the next figure would fare no better
+	((rc != 2 && rc < 128)) || { echo "== figure $figure: stopped (exit $rc) ==" >&2 && exit "$rc"; }
 	((rc == 0)) || failed+=("$figure")
 	if ((dry_run)); then
 		echo "== figure $figure: then $(printf '%q ' "${plot[@]}")=="
