@@ -1,9 +1,8 @@
 """The figure sweeps' logic: grids, filters and seeds turned into jobs, and each job's share.
 
-The sweeps themselves are configs (`conf/figure/`), run by the figure sweeper
-(`hydra_plugins/fedper_sweeper`, selected by `conf/hydra/sweeper/figure.yaml`). This module
-holds what that sweeper and its callback compute, as plain functions that tests call directly.
-Importing it is cheap: Hydra imports the sweeper, and with it this module, at every start.
+The sweeps themselves are configs (`conf/figure/`), run by the figure sweeper in
+`hydra_plugins/fedper_sweeper/`. Importing this module is cheap: Hydra imports the sweeper,
+and with it this module, whenever it starts.
 """
 
 from __future__ import annotations
@@ -247,7 +246,7 @@ def claim_slot(lock_dir: Path, parallel: int) -> int:
         _held_slot = None
     lock_dir.mkdir(parents=True, exist_ok=True)
     for slot in range(parallel):
-        handle = open(lock_dir / f"slot{slot}.lock", "w")  # noqa: SIM115 (held until exit)
+        handle = open(lock_dir / f"slot{slot}.lock", "w")  # stays open: the lock is the slot
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -257,7 +256,7 @@ def claim_slot(lock_dir: Path, parallel: int) -> int:
         return slot
     # every slot is held: a worker that is being replaced has not exited yet; wait for one
     slot = os.getpid() % parallel
-    handle = open(lock_dir / f"slot{slot}.lock", "w")  # noqa: SIM115
+    handle = open(lock_dir / f"slot{slot}.lock", "w")
     fcntl.flock(handle, fcntl.LOCK_EX)
     _held_slot = (lock_dir, slot, handle)
     return slot
