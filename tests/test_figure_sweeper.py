@@ -10,7 +10,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.fedper_sweeper import figure_sweeper
-from hydra_plugins.fedper_sweeper.figure_sweeper import FigureSweeper
 
 
 class RecordingLauncher:
@@ -32,10 +31,12 @@ class RecordingLauncher:
         return results
 
 
-def make_sweeper(
-    tmp_path: Path, launcher: dict, fail: str | None = None, **options
-) -> FigureSweeper:
-    sweeper = FigureSweeper(params={"num_rounds": "2", "algorithm": "fedper,fedavg"}, **options)
+def make_sweeper(tmp_path: Path, launcher: dict, fail: str | None = None, **options):
+    # looked up now: Hydra re-imports plugin modules (and its own basic sweeper) when a test
+    # composes a config, and a class from before would not subclass the new base
+    sweeper = figure_sweeper.FigureSweeper(
+        params={"num_rounds": "2", "algorithm": "fedper,fedavg"}, **options
+    )
     sweeper.config = OmegaConf.create(
         {
             "seed": 42,
