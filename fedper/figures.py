@@ -29,18 +29,7 @@ class FigureError(FedPerError):
     """A figure sweep's settings (hydra.sweeper.*) cannot be used."""
 
 
-# ---- the registries, for figure configs: `${fedper.registry:algorithms}` --------------------
-
-
-def registry_names(registry: str) -> str:
-    """Every registered algorithm or model, in display order, as a sweep value ("a,b")."""
-    if registry == "algorithms":
-        from fedper.algorithms import ALGORITHMS as names
-    elif registry == "models":
-        from fedper.models import MODELS as names
-    else:
-        raise FigureError(f"${{fedper.registry:{registry}}} is unknown: use algorithms or models")
-    return ",".join(names)
+# ---- for figure configs: `${fedper.head_layers:mobile}` ------------------------------------
 
 
 def head_layer_counts(model_name: str) -> str:
@@ -54,7 +43,6 @@ def head_layer_counts(model_name: str) -> str:
     return ",".join(str(h) for h in range(1, MODELS[model_name].max_head_layers + 1))
 
 
-OmegaConf.register_new_resolver("fedper.registry", registry_names, replace=True)
 OmegaConf.register_new_resolver("fedper.head_layers", head_layer_counts, replace=True)
 
 

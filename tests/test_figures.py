@@ -92,15 +92,16 @@ def test_tied_settings_follow_their_value_unless_given_on_the_command_line() -> 
     ]
 
 
-def test_registry_values_for_figure_configs_and_filters() -> None:
-    assert figures.registry_names("algorithms") == ",".join(ALGORITHMS)
-    assert figures.registry_names("models") == ",".join(MODELS)
+def test_head_layer_counts_and_filters_come_from_the_registries() -> None:
     assert figures.head_layer_counts("mobile") == "1,2,3,4"
     assert figures.head_layer_counts("resnet") == "1,2,3"
-    with pytest.raises(FigureError, match="use algorithms or models"):
-        figures.registry_names("datasets")
+    assert all(figures.head_layer_counts(name).startswith("1") for name in MODELS)
+    with pytest.raises(FigureError, match="no such model; use one of mobile"):
+        figures.head_layer_counts("vgg")
     check_only({"algorithm": ["fedper", "local"], "dataset.num_classes": [2]})
-    with pytest.raises(FigureError, match="algorithm=fedpr is unknown: use one of fedper"):
+    with pytest.raises(
+        FigureError, match=f"algorithm=fedpr is unknown: use one of {', '.join(ALGORITHMS)}"
+    ):
         check_only({"algorithm": ["fedpr"]})
     with pytest.raises(FigureError, match="model_name=vgg is unknown"):
         check_only({"model_name": ["vgg"]})
