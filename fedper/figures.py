@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedper.errors import FedPerError
 
+log = logging.getLogger(__name__)
 SLOTS_DIR = ".slots"  # in the sweep folder: one lock file per parallel job slot
 
 
@@ -263,8 +265,14 @@ class PinParallelJobs(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # counted once, in the launching process, which never trains
-        if parallel_jobs(config.hydra.launcher, os.cpu_count() or 1) > 1:
+        n = parallel_jobs(config.hydra.launcher, os.cpu_count() or 1)
+        if n > 1:
             self.gpu_ids = visible_gpu_ids()
+        if len(self.gpu_ids) and n > len(self.gpu_ids):
+            log.warning(
+                "hydra.launcher.n_jobs=%d but %d GPU(s): runs share GPUs; n_jobs=%d gives each "
+                "its own", n, len(self.gpu_ids), len(self.gpu_ids),
+            )  # fmt: skip
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         cpu_count = os.cpu_count() or 1

@@ -155,7 +155,7 @@ def test_a_process_claims_a_free_slot_and_keeps_it(tmp_path: Path, no_held_slot)
 
 
 def test_parallel_jobs_are_pinned_to_their_gpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_held_slot
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_held_slot, caplog
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     callback = PinParallelJobs()
@@ -169,6 +169,13 @@ def test_parallel_jobs_are_pinned_to_their_gpu(
     assert (tmp_path / figures.SLOTS_DIR / "slot0.lock").is_file()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     figures._held_slot[2].close()
+
+    # more jobs than GPUs: said once, when the sweep starts
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    callback = PinParallelJobs()
+    with caplog.at_level("WARNING", logger="fedper.figures"):
+        callback.on_multirun_start(OmegaConf.create({"hydra": {"launcher": {"n_jobs": 3}}}))
+    assert "n_jobs=3 but 2 GPU(s)" in caplog.text
 
     # one job at a time: the job keeps every GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
