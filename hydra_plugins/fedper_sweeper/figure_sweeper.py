@@ -1,7 +1,7 @@
 """The figure sweeper: Hydra's basic sweeper over a union of grids, with seeds and filters.
 
-Selected by `conf/hydra/sweeper/figure.yaml` (every `conf/figure/` config does). Options, all
-under `hydra.sweeper`: `params` (swept in every grid, as in the basic sweeper), `grids` (the
+Configured in `conf/hydra/sweeper/figure.yaml`; every figure selects it through
+`conf/figure/common/sweep.yaml`. Options, all under `hydra.sweeper`: `params` (swept in every grid, as in the basic sweeper), `grids` (the
 sweep is the union of their products with `params`), `tied` (settings that go with a value),
 `only` (keep these values), `seeds` (repeats of each setting), `dry_run` (list, run nothing).
 The logic is in fedper.figures; this class reads the options and talks to the launcher.
