@@ -333,8 +333,10 @@ def run_plain(spec_json: str, federated: dict, workers: int, parallel: bool) -> 
     started = time.perf_counter()
     loop = PlainLoop(spec_json, num_clients, workers, parallel)
     startup = time.perf_counter() - started
-    shared_parts = ALGORITHMS[cfg.algorithm].shared_parts
-    initial = build_model(cfg, seed=cfg.seed).part_state(shared_parts)
+    model = build_model(cfg, seed=cfg.seed)
+    initial = model.state_of(
+        ALGORITHMS[cfg.algorithm].shared_keys(model, cfg.model.get("local_bn", False))
+    )
     shared = {k: v.numpy() for k, v in initial.items()} or None
     rounds = []
     try:

@@ -103,7 +103,10 @@ class ClientWorker:
                 f"the seeded initial model on node {node_name()} differs from the server's: "
                 "install the same torch and fedper versions on every node"
             )
-        self.initial = model.part_state(self.algorithm.personal_parts)
+        local_bn = bool(cfg.model.get("local_bn", False))
+        self.shared_keys = self.algorithm.shared_keys(model, local_bn)
+        self.personal_keys = self.algorithm.personal_keys(model, local_bn)
+        self.initial = model.state_of(self.personal_keys)
         self.model: ModelSplit = model.to(self.device)
         if perf.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -172,14 +175,13 @@ class ClientWorker:
         self, cid: int, shared: Mapping[str, torch.Tensor] | None, before_round: int
     ) -> ModelSplit:
         """Global shared parts from the server, personal parts from this client's store."""
-        if self.algorithm.shared_parts:
-            self.model.load_parts(dict(shared or {}), self.algorithm.shared_parts)
-        if self.algorithm.personal_parts:
+        if self.shared_keys:
+            self.model.load_keys(dict(shared or {}), self.shared_keys)
+        if self.personal_keys:
             personal = self.store.load(cid, before_round)
             try:
-                self.model.load_parts(
-                    personal if personal is not None else self.initial,
-                    self.algorithm.personal_parts,
+                self.model.load_keys(
+                    personal if personal is not None else self.initial, self.personal_keys
                 )
             except ValueError as error:
                 raise StateFileError(
@@ -198,18 +200,21 @@ class ClientWorker:
         with clock("state"):
             model = self.prepare_model(cid, shared, before_round=round_num)
         with clock("compute"):
-            stats = train(
-                model,
-                data.train_images,
-                data.train_labels,
-                self.transform,
-                self.settings,
-                self.generator(cid, round_num, phase=0),
-            )
+            if self.algorithm.head_then_base:
+                stats = self.train_head_then_base(model, data, cid, round_num)
+            else:
+                stats = train(
+                    model,
+                    data.train_images,
+                    data.train_labels,
+                    self.transform,
+                    self.settings,
+                    self.generator(cid, round_num, phase=0),
+                )
         with clock("state"):
-            if self.algorithm.personal_parts:
-                self.store.save(cid, round_num, model.part_state(self.algorithm.personal_parts))
-            out = model.part_state(self.algorithm.shared_parts)
+            if self.personal_keys:
+                self.store.save(cid, round_num, model.state_of(self.personal_keys))
+            out = model.state_of(self.shared_keys)
         metrics = {"num-examples": stats["num_examples"], "train_loss": stats["loss"]}
         return TrainResult(out, {**metrics, **clock.metrics()})
 
@@ -239,26 +244,46 @@ class ClientWorker:
             **clock.metrics(),
         }
 
-    def finetune_head(self, model: ModelSplit, data: ClientData, cid: int, round_num: int) -> None:
-        """FedAvg-FT: adapt the received head to the client's training data, base frozen.
-
-        The fine-tuned weights are not kept: the next call overwrites the whole model.
-        """
-        model.freeze("base")
+    def train_only(
+        self, model: ModelSplit, data: ClientData, part: str, epochs: int, generator
+    ) -> dict[str, float]:
+        """Train one part with the other frozen, BatchNorm statistics of the frozen one included."""
+        other = "base" if part == "head" else "head"
+        model.freeze(other)
         try:
-            settings = TrainSettings(**{**vars(self.settings), "epochs": self.cfg.finetune_epochs})
-            train(
+            settings = TrainSettings(**{**vars(self.settings), "epochs": epochs})
+            return train(
                 model,
                 data.train_images,
                 data.train_labels,
                 self.transform,
                 settings,
-                self.generator(cid, round_num, phase=1),
-                parameters=list(model.head.parameters()),
-                frozen=model.base,
+                generator,
+                parameters=list(getattr(model, part).parameters()),
+                frozen=getattr(model, other),
             )
         finally:
             model.unfreeze()
+
+    def train_head_then_base(
+        self, model: ModelSplit, data: ClientData, cid: int, round_num: int
+    ) -> dict[str, float]:
+        """FedRep's local update: the head first (`fedrep.head_epochs`, base frozen), then
+        the base (`num_epochs`, head frozen); the loss reported is the base phase's."""
+        head_epochs = int(self.cfg.fedrep.head_epochs)
+        if head_epochs > 0:
+            self.train_only(model, data, "head", head_epochs, self.generator(cid, round_num, 2))
+        return self.train_only(
+            model, data, "base", self.cfg.num_epochs, self.generator(cid, round_num, phase=0)
+        )
+
+    def finetune_head(self, model: ModelSplit, data: ClientData, cid: int, round_num: int) -> None:
+        """FedAvg-FT: adapt the received head to the client's training data, base frozen.
+
+        The fine-tuned weights are not kept: the next call overwrites the whole model.
+        """
+        generator = self.generator(cid, round_num, phase=1)
+        self.train_only(model, data, "head", self.cfg.finetune_epochs, generator)
 
 
 def check_folders(paths: NodePaths) -> None:

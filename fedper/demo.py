@@ -24,18 +24,38 @@ def demo_config(algorithm: str, overrides: list[str]):
         )
 
 
-def side_by_side(results: dict[str, dict], seconds: dict[str, float]) -> str:
-    """Accuracy per round for each algorithm, then the final numbers and wall time."""
+def side_by_side(results: dict[str, dict], seconds: dict[str, float], every: int = 5) -> str:
+    """Test and validation accuracy per round for each algorithm, then the final numbers."""
     rounds = {name: r["rounds"] for name, r in results.items()}
-    lines = ["round  " + "  ".join(f"{name:>8}" for name in results)]
-    for i in range(max(len(r) for r in rounds.values())):
-        cells = [f"{r[i]['accuracy']:8.3f}" if i < len(r) else " " * 8 for r in rounds.values()]
+    names = list(results)
+    lines = [
+        "round  " + "  ".join(f"{name + ' test':>12}{'val':>7}" for name in names),
+    ]
+    count = max(len(r) for r in rounds.values())
+    for i in range(count):
+        if (i + 1) % every and i not in (0, count - 1):
+            continue
+        cells = [
+            f"{r[i]['accuracy']:12.3f}{cell(r[i].get('val_accuracy')):>7}"
+            if i < len(r)
+            else " " * 19
+            for r in rounds.values()
+        ]
         lines.append(f"{i + 1:5d}  " + "  ".join(cells))
     lines.append("")
-    lines.append("final  " + "  ".join(f"{r[-1]['accuracy']:8.3f}" for r in rounds.values()))
-    lines.append("worst  " + "  ".join(f"{r[-1]['accuracy_min']:8.3f}" for r in rounds.values()))
-    lines.append("secs   " + "  ".join(f"{seconds[name]:8.0f}" for name in results))
+    final = [
+        f"{r[-1]['accuracy']:12.3f}{cell(r[-1].get('val_accuracy')):>7}" for r in rounds.values()
+    ]
+    lines.append("final  " + "  ".join(final))
+    lines.append(
+        "worst  " + "  ".join(f"{r[-1]['accuracy_min']:12.3f}{'':7}" for r in rounds.values())
+    )
+    lines.append("secs   " + "  ".join(f"{seconds[name]:12.0f}{'':7}" for name in names))
     return "\n".join(lines)
+
+
+def cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedper: error: {error}", file=sys.stderr)
         return 2
     print()
-    print("Mean personalized test accuracy over 10 clients (digits, 4 classes per client)")
+    cfg = demo_config(ALGORITHMS[0], overrides)
+    print(
+        f"Mean personalized accuracy over {cfg.num_clients} clients on their test and "
+        f"validation splits (digits, {cfg.dataset.num_classes} classes per client)"
+    )
     print(side_by_side(results, seconds))
     print(f"\nresults: {out}/<algorithm>/results.json")
     return 0

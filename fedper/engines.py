@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,19 @@ def keep_critical(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.CRITICAL
 
 
+def check_reachable(address: str, key: str, hint: str, timeout: float = 10) -> None:
+    """Something accepts connections at host:port, or one line saying so (Ray would retry
+    for minutes before giving up on an address where nothing listens)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise FedPerError(
+            f"nothing answers at {key}={address} ({error.strerror or error}): {hint}"
+        ) from None
+
+
 @contextmanager
 def ray_for(plan: RunPlan) -> Iterator[None]:
     """A Ray instance for this run: a new local one, or the configured cluster; shut down after.
@@ -108,6 +122,9 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
     saved_address = os.environ.pop("RAY_ADDRESS", None)
     try:
         if cfg.engine.name == "ray":
+            check_reachable(
+                cfg.engine.address, "engine.address", "start it with `ray start --head`"
+            )
             runtime_env = {"env_vars": {"FLWR_TELEMETRY_ENABLED": "0"}}
             if cfg.engine.ship_code:
                 runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
@@ -251,8 +268,6 @@ def flwr_command(*args: str) -> list[str]:
 def deploy(plan: RunPlan) -> None:
     """Submit the run to a SuperLink with `flwr run` (a FAB built from this checkout) and
     stream its log lines; the ServerApp writes the run directory where it runs."""
-    from fedper.commit import committed_round
-
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise FedPerError(
             f"engine=deployment builds the Flower app from a fedper checkout, and {PROJECT_ROOT} "
@@ -268,31 +283,70 @@ def deploy(plan: RunPlan) -> None:
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        flower_run_id = None
+        stream = RunStream()
         try:
             for line in process.stdout:
-                text = ANSI.sub("", line.rstrip())
-                if match := re.match(r"Successfully started run (\d+)", text):
-                    flower_run_id = match.group(1)
-                    continue
-                if text and not FLOWER_CHATTER.match(text):
-                    print(text, flush=True)
+                stream.take(line)
             process.wait()
         except KeyboardInterrupt:
-            if flower_run_id is not None:  # stop the run on the SuperLink, not only the stream
-                subprocess.run(flwr_command("stop", flower_run_id, FLOWER_CONNECTION), env=env,
-                               capture_output=True, timeout=60)  # fmt: skip
+            if (
+                stream.flower_run_id is not None
+            ):  # stop the run on the SuperLink, not the stream only
+                subprocess.run(flwr_command("stop", stream.flower_run_id, FLOWER_CONNECTION),
+                               env=env, capture_output=True, timeout=60)  # fmt: skip
             process.terminate()
             process.wait()
             raise
-    if flower_run_id is None:
+        status, details = (
+            run_status(stream.flower_run_id, env) if stream.flower_run_id else ("", "")
+        )
+    if stream.flower_run_id is None:
         raise FedPerError(
             f"`flwr run` could not submit the run to the SuperLink at engine.superlink="
             f"{cfg.engine.superlink} (exit {process.returncode}): is it running and reachable?"
         )
-    done = committed_round(Path(plan.spec.run_dir))
-    if done < cfg.num_rounds:
+    if stream.error is not None:
+        raise FedPerError(stream.error)
+    if status and not status.endswith("completed"):
+        why = details or "see the lines above"
         raise FedPerError(
-            f"Flower run {flower_run_id} ended after round {done} of {cfg.num_rounds} (see the "
-            f"lines above); continue with: python -m fedper.main resume={plan.spec.run_dir}"
+            f"Flower run {stream.flower_run_id} ended as {status} ({why}); "
+            f"continue with: python -m fedper.main resume={plan.spec.run_dir}"
         )
+
+
+class RunStream:
+    """`flwr run --stream` output: the run's own lines are printed, Flower's chatter is not,
+    and the ServerApp's one-line error is kept to be raised here (without the traceback
+    Flower logs after it)."""
+
+    def __init__(self) -> None:
+        self.flower_run_id: str | None = None
+        self.error: str | None = None
+
+    def take(self, line: str) -> None:
+        from fedper.server_app import ERROR_PREFIX
+
+        text = ANSI.sub("", line.rstrip())
+        if match := re.match(r"Successfully started run (\d+)", text):
+            self.flower_run_id = match.group(1)
+        elif text.startswith(ERROR_PREFIX):
+            self.error = text.removeprefix(ERROR_PREFIX)
+        elif text and self.error is None and not FLOWER_CHATTER.match(text):
+            print(text, flush=True)
+
+
+def run_status(flower_run_id: str, env: dict) -> tuple[str, str]:
+    """The run's final status on the SuperLink (e.g. `finished:completed`) and its details;
+    empty when the SuperLink does not say."""
+    import json
+
+    done = subprocess.run(
+        flwr_command("ls", FLOWER_CONNECTION, "--run-id", flower_run_id, "--format", "json"),
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        run = json.loads(done.stdout)["runs"][0]
+        return str(run["status"]), str(run.get("status-details") or "")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "", ""

@@ -29,6 +29,7 @@ log = logging.getLogger("fedper")
 app = ServerApp()
 FATAL = "fatal"  # the record a client answers with when it cannot take part at all
 POLL_SECONDS = 0.02
+ERROR_PREFIX = "fedper: error: "  # how the ServerApp's one-line errors reach the launcher
 
 
 @app.main()
@@ -40,8 +41,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, plan_from_run_config(context.run_config, context.run_id))
     except FedPerError as error:
-        log.error("fedper: error: %s", error)
-        sys.exit(2)
+        # one line for the console; raising lets Flower mark the run failed and send its logs
+        log.error("%s%s", ERROR_PREFIX, error)
+        raise
 
 
 def server_app_for(
@@ -168,7 +170,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     if checkpoint is None:
         # the server never trains: its model stays on the CPU, whatever the clients use
         model = build_model(cfg, seed=cfg.seed)
-        first_round, arrays = 1, model.part_state(algorithm.shared_parts)
+        keys = algorithm.shared_keys(model, bool(cfg.model.get("local_bn", False)))
+        first_round, arrays = 1, model.state_of(keys)
     else:
         first_round, arrays = checkpoint.round + 1, checkpoint.arrays
         log.info("resuming %s after round %d", run_dir, checkpoint.round)
@@ -184,7 +187,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         train_replies = link.exchange(train_messages, strategy.client_of_node)
         trained_at = time.perf_counter()
         aggregated = strategy.aggregate_shared(round_num, train_replies)
-        if aggregated is not None and algorithm.shared_parts:
+        if aggregated is not None and arrays:
             arrays = aggregated
         aggregated_at = time.perf_counter()
         record = ArrayRecord(arrays) if arrays else ArrayRecord()

@@ -163,6 +163,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_number("momentum", cfg.momentum, 0, 1)
     check_number("weight_decay", cfg.weight_decay, 0)
     check_whole("finetune_epochs", cfg.finetune_epochs, 0)
+    check_whole("fedrep.head_epochs", OmegaConf.select(cfg, "fedrep.head_epochs"), 0)
     check_range("clients_per_round", cfg.clients_per_round, 1, cfg.num_clients,
                 f" for num_clients={cfg.num_clients}")  # fmt: skip
     check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
@@ -170,6 +171,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
                 MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
+    check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     validate_dataset(cfg)
     perf = cfg.performance
     check_bool("performance.data_on_device", perf.data_on_device)
@@ -272,12 +274,9 @@ def validate_engine(cfg: DictConfig) -> None:
 
 
 def check_data_settings(cfg: DictConfig) -> None:
-    """The dataset's own keys (mean/std one per channel, partition settings): the data layer's
-    checks, before any data is read. Whether the data can feed `num_clients` is checked by
+    """The dataset's own keys (mean/std one per channel, partition settings), checked by the data
+    layer before any data is read. Whether the data can feed `num_clients` is checked by
     `prepare_dataset` (fedper.data's check_capacity), still before any engine starts."""
-    from fedper import data
+    from fedper.data import check_dataset_settings
 
-    # the data branch adds check_dataset_settings; this hook calls it once merged
-    check_dataset = getattr(data, "check_dataset_settings", None)
-    if check_dataset is not None:
-        check_dataset(cfg)
+    check_dataset_settings(cfg)

@@ -1,15 +1,49 @@
 """The CIFAR-10 loader on a small dataset written in CIFAR-10's python pickle format."""
 
+import io
+import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
 from conftest import make_config
 
 from fedper.data import load_client_data, prepare_dataset
+from fedper.data.cifar import read_batch
 from fedper.errors import DatasetNotFoundError
 
 PER_BATCH = 20  # images per batch file: 6 files -> 120 images, 12 per class
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles as the real CIFAR files were written: by Python 2 (protocol 2), where every
+    string is a byte string, and numpy's reconstructor lives in `numpy.core.multiarray`."""
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin-1"))
+
+    def save_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def python2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
 
 
 def write_cifar10(root):
@@ -22,10 +56,13 @@ def write_cifar10(root):
         hwc = rng.integers(0, 256, size=(PER_BATCH, 32, 32, 3), dtype=np.uint8)
         batch_labels = [i % 10 for i in range(PER_BATCH)]
         rows = hwc.transpose(0, 3, 1, 2).reshape(PER_BATCH, 3072)
-        with open(folder / name, "wb") as handle:
-            pickle.dump(
-                {b"data": rows, b"labels": batch_labels, b"batch_label": name.encode()}, handle
-            )
+        batch = {
+            b"batch_label": f"{name} of 6".encode(),
+            b"labels": batch_labels,
+            b"data": rows,
+            b"filenames": [f"img_{i}.png".encode() for i in range(PER_BATCH)],
+        }
+        (folder / name).write_bytes(python2_pickle(batch))
         images.append(hwc)
         labels += batch_labels
     return np.concatenate(images), np.array(labels)
@@ -68,3 +105,60 @@ def test_missing_cifar_says_where_to_put_it_and_names_digits(tmp_path):
     message = str(error.value)
     assert "cifar-10-batches-py" in message and "dataset=digits" in message
     assert "\n" not in message
+
+
+def test_real_format_uses_python2_strings_and_numpy_core(tmp_path):
+    write_cifar10(tmp_path)
+    raw = (tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    assert raw.startswith(b"\x80\x02") and b"cnumpy.core.multiarray\n_reconstruct\n" in raw
+    assert b"_codecs" not in raw and b"U\x04data" in raw  # byte strings, as Python 2 wrote
+    images, labels = read_batch(
+        tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_1", "labels"
+    )
+    assert images.shape == (PER_BATCH, 32, 32, 3) and labels.tolist() == [i % 10 for i in range(20)]
+
+
+class RunsACommand:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/nonexistent"  # set per test below
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ("os_system", "it refers to posix.system, which a CIFAR file never contains"),
+        ("eval", "it refers to builtins.eval, which a CIFAR file never contains"),
+        ("list", "it holds a list, not a dict"),
+        ("no_data", "no uint8 'data' table"),
+        ("short_labels", "'labels' does not give one label per image"),
+        ("truncated", "unreadable pickle"),
+    ],
+)
+def test_anything_but_a_cifar_batch_is_refused_in_one_line(tmp_path, payload, reason):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
+    _, labels = write_cifar10(tmp_path)
+    target = tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+    rows = np.zeros((PER_BATCH, 3072), np.uint8)
+    content = {
+        "os_system": lambda: python2_pickle({b"data": RunsACommand()}),
+        # builtins.eval("1+1"), written by hand: GLOBAL, a string argument, REDUCE
+        "eval": lambda: b"\x80\x02cbuiltins\neval\nX\x03\x00\x00\x001+1\x85R.",
+        "list": lambda: python2_pickle([rows]),
+        "no_data": lambda: python2_pickle({b"labels": [0] * PER_BATCH}),
+        "short_labels": lambda: python2_pickle({b"data": rows, b"labels": [0, 1]}),
+        "truncated": lambda: target.read_bytes()[:500],
+    }[payload]()
+    target.write_bytes(content)
+    with pytest.raises(DatasetNotFoundError) as error:
+        prepare_dataset(cifar_config(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{target} is not a CIFAR batch ({reason}")
+    assert "\n" not in message and "it was not used" in message
+    assert not os.path.exists(MARKER)
+    assert not (tmp_path / "cifar10" / "cache").exists() or not list(
+        (tmp_path / "cifar10" / "cache").glob("*.json")
+    )

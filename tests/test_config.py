@@ -38,7 +38,7 @@ from fedper.errors import ConfigError
         ("debug.fail_phase=fit", "debug.fail_phase=fit is unknown: use one of train, evaluate"),
         ("debug.fail_client=10", "debug.fail_client=10 is out of range for num_clients=10: use 0-9"),
         ("engine.reply_timeout=0", "engine.reply_timeout=0 is out of range: use a number of seconds > 0"),
-        ("algorithm=fedprox", "algorithm=fedprox is unknown: use one of fedper, fedavg, fedavg_ft, local"),
+        ("algorithm=fedprox", "algorithm=fedprox is unknown: use one of fedper, fedavg, fedavg_ft, local, fedrep, lg_fedavg, fedbn"),
         ("model_name=vgg", "model_name=vgg is unknown: use one of mobile, resnet"),
         ("+num_round=5", "num_round is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
         ("+dataset.size=5", "dataset.size is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),

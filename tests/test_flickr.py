@@ -19,6 +19,7 @@ from fedper.data.flickr import (
     eligible_workers,
     read_ratings,
 )
+from fedper.data.split import split_train_test, stratified_test_counts
 from fedper.errors import ConfigError, DatasetNotFoundError
 
 NUM_PHOTOS = 80
@@ -141,7 +142,7 @@ def test_draw_and_splits_follow_the_seed(mini):
     assert workers != [c.info["worker"] for c in other.clients]
     # every seed draws from the same eligible workers, so all share one decoded pool
     assert first.pool_path == other.pool_path
-    assert len(list((data_dir / "flickr" / "cache").glob("*.npy"))) == 1
+    assert len(list((data_dir / "flickr" / "cache").glob("*.json"))) == 1
 
 
 def test_each_client_has_its_own_scores_and_disjoint_stratified_splits(mini):
@@ -152,21 +153,104 @@ def test_each_client_has_its_own_scores_and_disjoint_stratified_splits(mini):
     assert pool.shape == (len(names), 16, 16, 3) and pool.dtype == np.uint8
     for client in dataset.clients:
         given = truth[client.info["worker"]]
-        train, test = set(client.train_indices.tolist()), set(client.test_indices.tolist())
-        assert not train & test
-        assert {names[row] for row in train | test} == set(given)
-        for rows, labels in (
-            (client.train_indices, client.train_labels),
-            (client.test_indices, client.test_labels),
-        ):
+        sides = [set(getattr(client, f"{s}_indices").tolist()) for s in ("train", "val", "test")]
+        assert sum(map(len, sides)) == len(set.union(*sides)) == len(given)  # disjoint
+        assert {names[row] for row in set.union(*sides)} == set(given)
+        for split in ("train", "val", "test"):
+            rows, labels = getattr(client, f"{split}_indices"), getattr(client, f"{split}_labels")
             assert [given[names[r]] - 1 for r in rows] == labels.tolist()
         histogram = np.bincount(list(given.values()), minlength=6)[1:].tolist()
         assert client.info["score_histogram"] == histogram
-        for score in range(5):
-            if histogram[score] >= 2:  # stratified: on both sides whenever possible
-                assert score in client.train_labels and score in client.test_labels
     summary = dataset.summary()
-    assert all({"worker", "score_histogram", "num_train", "num_test"} <= set(s) for s in summary)
+    keys = {"worker", "score_histogram", "num_train", "num_val", "num_test"}
+    assert all(keys | {"test_photos_in_training"} <= set(s) for s in summary)
+
+
+def photo_sides(dataset) -> dict[int, set[str]]:
+    """photo row -> the splits it is in, over every client."""
+    sides: dict[int, set[str]] = {}
+    for client in dataset.clients:
+        for split in ("train", "val", "test"):
+            for row in getattr(client, f"{split}_indices").tolist():
+                sides.setdefault(row, set()).add(split)
+    return sides
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_photos_not_ratings_are_split_so_no_test_photo_is_trained_on(mini, seed):
+    data_dir, truth = mini
+    dataset = prepare_dataset(mini_config(data_dir, num_clients=8, seed=seed))
+    holders: dict[int, int] = {}
+    for client in dataset.clients:
+        for row in np.concatenate([client.train_indices, client.val_indices, client.test_indices]):
+            holders[int(row)] = holders.get(int(row), 0) + 1
+    shared = {row for row, count in holders.items() if count > 1}
+    sides = photo_sides(dataset)
+    # the miniature has photos rated by several chosen workers, also in test
+    assert len(shared) >= 10 and any(sides[row] == {"test"} for row in shared)
+    for row, where in sides.items():
+        assert len(where) == 1, (row, where)  # one split for every worker who rated it
+    assert [c.info["test_photos_in_training"] for c in dataset.clients] == [0] * 8
+    assert [c.info["val_photos_in_training"] for c in dataset.clients] == [0] * 8
+    # the per-rating split fedper used before puts some of these photos on both sides
+    old = np.random.default_rng([seed, 1])
+    old_train, old_test = set(), set()
+    for client in dataset.clients:
+        rows = np.concatenate([client.train_indices, client.val_indices, client.test_indices])
+        labels = np.concatenate([client.train_labels, client.val_labels, client.test_labels])
+        order = np.argsort(rows)
+        train, test = split_train_test(rows[order], labels[order], 0.8, old)
+        old_train |= set(train.tolist())
+        old_test |= set(test.tolist())
+    assert old_train & old_test
+
+
+def test_each_worker_is_stratified_as_far_as_shared_photos_allow(mini):
+    data_dir, _ = mini
+    dataset = prepare_dataset(mini_config(data_dir, num_clients=8))
+    counts: dict[int, int] = {}
+    for client in dataset.clients:
+        for row in np.concatenate([client.train_indices, client.val_indices, client.test_indices]):
+            counts[int(row)] = counts.get(int(row), 0) + 1
+    exact = 0
+    for client in dataset.clients:
+        rows = np.concatenate([client.train_indices, client.val_indices, client.test_indices])
+        labels = np.concatenate([client.train_labels, client.val_labels, client.test_labels])
+        targets = stratified_test_counts(labels, 0.8)  # the paper's per-score rule for this worker
+        for score, target in targets.items():
+            mine = rows[labels == score]
+            num_shared = sum(counts[int(r)] > 1 for r in mine)
+            held = int(np.sum(client.test_labels == score))
+            # off the target by at most the photos of that score other workers also rated
+            assert abs(held - target) <= num_shared, (client.info["worker"], score)
+            exact += num_shared == 0
+    assert exact > 0  # scores with no shared photo meet the target exactly (checked above)
+
+
+def test_damaged_photo_index_is_rebuilt_with_a_warning(mini, caplog):
+    data_dir, _ = mini
+    first = prepare_dataset(mini_config(data_dir, num_clients=8))
+    (manifest,) = (data_dir / "flickr" / "cache").glob("*.json")
+    manifest.write_text(manifest.read_text()[:100])  # an index cut short
+    with caplog.at_level(logging.WARNING, logger="fedper"):
+        again = prepare_dataset(mini_config(data_dir, num_clients=8))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(manifest) in warnings[0] and "rebuilding" in warnings[0]
+    assert again.fingerprint() == first.fingerprint()
+
+
+def test_measured_statistics_come_from_training_photos_only(mini):
+    data_dir, _ = mini
+    dataset = prepare_dataset(
+        mini_config(data_dir, num_clients=8, extra=["dataset.mean=null", "dataset.std=null"])
+    )
+    pool = np.load(dataset.pool_path).astype(np.float64) / 255.0
+    rows = np.unique(np.concatenate([c.train_indices for c in dataset.clients]))
+    pixels = pool[rows].reshape(-1, 3)
+    np.testing.assert_allclose(dataset.mean, pixels.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(dataset.std, pixels.std(axis=0), rtol=1e-9)
+    everything = pool.reshape(-1, 3)
+    assert not np.allclose(dataset.mean, everything.mean(axis=0), rtol=1e-6)
 
 
 def test_unreadable_and_missing_photos_are_skipped_and_reported_once(mini, caplog):
@@ -188,7 +272,8 @@ def test_unreadable_and_missing_photos_are_skipped_and_reported_once(mini, caplo
         for client in dataset.clients:
             given = truth[client.info["worker"]]
             readable = [p for p in given if p not in (corrupt, missing)]
-            assert len(client.train_indices) + len(client.test_indices) == len(readable)
+            sizes = (len(client.train_indices), len(client.val_indices), len(client.test_indices))
+            assert sum(sizes) == len(readable)
             assert sum(client.info["score_histogram"]) == len(readable)
 
 
@@ -256,5 +341,6 @@ def test_two_rounds_through_ray(mini, tmp_path: Path):
     assert len(partition) == 4
     for client in partition:
         assert client["worker"] in eligible_truth(truth)
-        assert sum(client["score_histogram"]) == client["num_train"] + client["num_test"]
+        total = client["num_train"] + client["num_val"] + client["num_test"]
+        assert sum(client["score_histogram"]) == total and client["test_photos_in_training"] == 0
     assert results["config"]["batch_size"] == 4 and results["config"]["dataset"]["name"] == "flickr"

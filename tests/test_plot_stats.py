@@ -152,3 +152,17 @@ def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None
         paired_differences(runs, [parse_comparison("optimizer=sgd")])
     with pytest.raises(PlotError, match="write key=value"):
         parse_comparison("algorithm")
+
+
+def test_tables_on_validation_data_read_only_validation_accuracy(tmp_path):
+    from plot_results import config, write_run
+
+    from fedper.plot.cli import plot_runs
+
+    for seed, (test, val) in enumerate([(0.9, 0.5), (0.8, 0.7)], start=1):
+        write_run(tmp_path / f"s{seed}", config("fedper", seed), [test] * 4, [val] * 4)
+    output = plot_runs([tmp_path], tmp_path / "out", metric="val")
+    assert output.summary["final_mean"].iloc[0] == pytest.approx(0.6)  # (0.5 + 0.7) / 2
+    written = sorted(p.name for p in output.tables)
+    assert written == ["val_summary.csv", "val_summary.md"]
+    assert "These are validation accuracies" in (tmp_path / "out" / "val_summary.md").read_text()

@@ -1,22 +1,33 @@
-"""run_figures.sh: a tiny quick sweep that runs, draws and then skips; the full sweep's plan."""
+"""run_figures.sh: flags become sweep overrides, the dry run lists the runs the old script did,
+and a tiny sweep through submitit_local runs, draws and then skips its finished runs."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
-import time
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from conftest import make_config
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_figures.sh"
+DATA = Path(__file__).parent / "data"
+# a run's place and the paths it writes to are not its settings
+NOT_SETTINGS = ("seed", "state_dir", "hydra.run.dir")
+
+pytestmark = pytest.mark.slow  # every test here starts bash and Python, some start Ray
 
 
 def run_script(
-    options: list[str], cwd: Path, overrides: list[str] = (), timeout: float = 600
+    options: list[str], cwd: Path, overrides: list[str] = (), timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """`bash run_figures.sh` with this interpreter; `overrides` go after `--` to every run."""
     args = ["bash", str(SCRIPT), "--python", sys.executable, *options]
@@ -27,110 +38,161 @@ def run_script(
     )
 
 
-def command_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if " -m fedper.main " in line]
+@cache
+def settings(config_name: str, overrides: tuple[str, ...]) -> str:
+    """A run's resolved config without its seed and paths, as comparable text."""
+    cfg = OmegaConf.to_container(make_config(list(overrides), config_name), resolve=True)
+    for key in ("seed", "state_dir"):
+        cfg.pop(key)
+    return json.dumps(cfg, sort_keys=True)
 
 
-def test_quick_sweep_runs_draws_and_then_skips_finished_runs(tmp_path: Path) -> None:
-    # figure 4 cut to two runs (FedPer with 1 head layer, the FedAvg reference) of one round
+def old_runs(saved: str) -> set[tuple[str, str, int]]:
+    """(figure, settings, seed) of every run a dry run of the old script listed, finished or not.
+
+    Finished runs were listed without their command, so their overrides come from the same
+    setting's command at another seed."""
+    labels, commands = [], {}
+    label = None
+    for line in saved.splitlines():
+        if match := re.match(
+            r"== figure (\d+) \(\d+/\d+\): (.+) seed (\d+)(: finished.*)? ==$", line
+        ):
+            label = (match[1], match[2])
+            labels.append((*label, int(match[3])))
+        elif line.startswith("python -m fedper.main "):
+            commands[label] = shlex.split(line)[3:]
+    runs = set()
+    for figure, name, seed in labels:
+        args = commands[(figure, name)]
+        config_name = args[args.index("--config-name") + 1]
+        overrides = [a for a in args[2:] if a.split("=")[0] not in NOT_SETTINGS]
+        runs.add((figure, settings(config_name, tuple(overrides)), seed))
+    return runs
+
+
+def new_runs(output: str) -> set[tuple[str, str, int]]:
+    """(figure, settings, seed) of every run the new dry run lists (folders name the overrides)."""
+    runs = set()
+    figure = config = None
+    for line in output.splitlines():
+        if match := re.match(r"== figure (\d+): .* \+figure=(\S+) ", line):
+            figure, config = match[1], match[2]
+        elif match := re.match(r"  (?:to run|finished|continues after round \d+) +(\S+)$", line):
+            overrides = dict(item.split("=", 1) for item in match[1].split(","))
+            seed = int(overrides.pop("seed"))
+            lines = tuple(f"{k}={v}" for k, v in overrides.items())
+            runs.add((figure, settings("base", (f"+figure={config}", *lines)), seed))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("saved", "options", "count"),
+    [
+        ("run_figures_dry_run_quick_seeds5.txt", ["--quick", "--seeds", "5"], 165),
+        ("run_figures_dry_run_full_seeds2.txt", ["--seeds", "2"], 74),
+    ],
+)
+def test_dry_run_lists_the_same_runs_as_the_old_script(
+    tmp_path: Path, saved: str, options: list[str], count: int
+) -> None:
+    before = old_runs((DATA / saved).read_text())
+    result = run_script(["--dry-run", "--out", str(tmp_path / "out"), *options], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = new_runs(result.stdout)
+    assert len(before) == count
+    assert after == before
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_dry_run_says_which_runs_are_finished_and_which_continue(tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    options = ["--dry-run", "--figures", "2", "--models", "mobile", "--out", str(out)]
+    options += ["--classes", "4", "--algorithms", "fedper,fedavg"]
+    runs = out / "runs" / "figure2"
+    name = "algorithm={},dataset.num_classes=4,model_name=mobile,num_rounds=50,seed=42"
+    for algorithm, done in (("fedper", 50), ("fedavg", 1)):
+        (runs / name.format(algorithm)).mkdir(parents=True)
+        rounds = [{"round": r, "accuracy": 0.5} for r in range(1, done + 1)]
+        (runs / name.format(algorithm) / "results.json").write_text(json.dumps({"rounds": rounds}))
+    result = run_script(options, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"  finished                   {name.format('fedper')}" in result.stdout
+    assert f"  continues after round 1    {name.format('fedavg')}" in result.stdout
+    assert "-m fedper.plot" in result.stdout and "== dry run: nothing was run ==" in result.stdout
+
+
+def test_flags_become_overrides_of_the_sweep(tmp_path: Path) -> None:
+    options = ["--dry-run", "--quick", "--figures", "4", "--models", "mobile", "--heads", "1,3"]
+    options += ["--seeds", "2", "--first-seed", "7", "--rounds", "3", "--jobs", "2"]
+    result = run_script([*options, "--out", str(tmp_path / "q")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"6 runs in \S+figure4 \(each with \+\+engine\.num_cpus=\d+\):", result.stdout)
+    folders = re.findall(r"^  to run +(\S+)$", result.stdout, flags=re.MULTILINE)
+    assert sorted(folders) == sorted(
+        f"algorithm={algorithm},model_name=mobile,num_rounds=3,seed={seed}"
+        if algorithm == "fedavg"
+        else f"algorithm=fedper,model.num_head_layers={heads},model_name=mobile,num_rounds=3,seed={seed}"
+        for algorithm, heads in (("fedper", 1), ("fedper", 3), ("fedavg", None))
+        for seed in (7, 8)
+    )
+    assert "hydra/launcher=joblib hydra.launcher.n_jobs=2" in result.stdout
+
+    # filters that leave a figure nothing skip it, as --quick skips figures without a variant
+    result = run_script(["--dry-run", "--quick", "--algorithms", "local"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped with --quick") == 2
+    assert "No runs: hydra.sweeper.only" in result.stdout  # figure 4
+
+
+def test_help_and_bad_options(tmp_path: Path) -> None:
+    usage = run_script(["--help"], tmp_path)
+    assert usage.returncode == 0 and usage.stdout.startswith("Usage: bash run_figures.sh")
+    for bad in (["--figures", "3"], ["--seeds", "0"], ["--jobs", "two"], ["--models", "a b"]):
+        result = run_script(["--dry-run", *bad], tmp_path)
+        assert result.returncode == 2, bad
+        assert result.stderr.startswith("run_figures.sh: error:"), bad
+    for bad in (["--nope"], ["--rounds"]):
+        assert run_script(bad, tmp_path).returncode == 2
+    # names are checked against the registries, once, before anything runs
+    result = run_script(["--dry-run", "--figures", "2,4", "--models", "vgg"], tmp_path)
+    assert result.returncode == 2
+    assert "fedper: error: hydra.sweeper.only: model_name=vgg is unknown" in result.stderr
+    assert "figure 4" not in result.stdout
+
+
+def test_tiny_sweep_through_submitit_runs_draws_and_then_skips_finished_runs(
+    tmp_path: Path,
+) -> None:
+    # figure 2 cut to 2 runs of 1 round with 2 clients (MobileNet at width 0.25 on digits),
+    # one job at a time (max_batch_size=1) so that only one Ray runs at once
     out = tmp_path / "figures"
-    options = ["--quick", "--figures", "4", "--rounds", "1", "--seeds", "1"]
-    options += ["--models", "mobile", "--heads", "1", "--out", str(out)]
-    overrides = ["num_clients=4", "clients_per_round=4"]
+    options = ["--quick", "--figures", "2", "--models", "mobile", "--classes", "4"]
+    options += ["--algorithms", "fedper,fedavg", "--rounds", "1", "--out", str(out)]
+    overrides = ["num_clients=2", "clients_per_round=2", "hydra/launcher=submitit_local"]
+    overrides += ["hydra.sweeper.max_batch_size=1"]
 
     first = run_script(options, tmp_path, overrides)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "== figure 4 (1/2): mobile fedper 1 head layer seed 42 ==" in first.stdout
-    assert "== figure 4 (2/2): mobile fedavg (reference) seed 42 ==" in first.stdout
-    results = sorted((out / "runs" / "figure4").glob("*/results.json"))
-    assert [p.parent.name for p in results] == [
-        "mobile_fedavg_c4_h2_r1_s42",
-        "mobile_fedper_c4_h1_r1_s42",
+    results = sorted((out / "runs" / "figure2").glob("*/results.json"))
+    name = "algorithm={},clients_per_round=2,dataset.num_classes=4,model_name=mobile,num_clients=2,num_rounds=1,seed=42"
+    assert [path.parent.name for path in results] == [
+        name.format("fedavg"),
+        name.format("fedper"),
     ]
     for path in results:
         run = json.loads(path.read_text())
         assert [r["round"] for r in run["rounds"]] == [1]
         config = run["config"]
-        assert config["dataset"]["name"] == "digits" and config["num_clients"] == 4
+        assert config["dataset"]["name"] == "digits" and config["num_clients"] == 2
         assert config["model"]["width_multiplier"] == 0.25 and config["seed"] == 42
         assert Path(config["state_dir"]) == out / "client_states"
-    png = out / "figure4_mobile.png"
-    assert png.stat().st_size > 1000
-    summary = pd.read_csv(out / "figure4_summary.csv")
+    assert (out / "figure2_mobile.png").stat().st_size > 1000
+    summary = pd.read_csv(out / "figure2_summary.csv")
     assert sorted(summary["algorithm"]) == ["fedavg", "fedper"]
-    assert (summary["num_seeds"] == 1).all()
-    assert (out / "figure4_summary.md").is_file()
 
     stamps = {path: path.stat().st_mtime_ns for path in results}
-    started = time.monotonic()
     again = run_script(options, tmp_path, overrides)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count("finished, skipped ==") == 2
-    assert "0 run(s) finished, 2 skipped" in again.stdout
-    assert command_lines(again.stdout) == []
+    assert "2 runs in" in again.stdout and "2 finished (they return at once)" in again.stdout
     assert {path: path.stat().st_mtime_ns for path in results} == stamps
-    assert time.monotonic() - started < 30  # only the drawing, no simulation
-
-
-def test_dry_run_lists_every_figure2_run_and_skips_only_finished_ones(tmp_path: Path) -> None:
-    out = tmp_path / "full"
-    result = run_script(
-        ["--dry-run", "--figures", "2", "--seeds", "2", "--out", str(out)], tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    commands = command_lines(result.stdout)
-    assert len(commands) == 4 * 3 * 2 * 2  # algorithms x classes per client x models x seeds
-    assert all("--config-name cifar10" in c and "num_rounds=50" in c for c in commands)
-    assert sum("seed=43" in c for c in commands) == 24
-    assert sum("model_name=resnet" in c and "dataset.num_classes=10" in c for c in commands) == 8
-    assert "-m fedper.plot" in result.stdout
-    assert not out.exists()  # a dry run writes nothing
-
-    # one finished run is skipped; a half-done one (1 of 50 rounds) is listed to resume
-    finished = out / "runs" / "figure2" / "mobile_fedper_c4_h2_r50_s42"
-    half_done = out / "runs" / "figure2" / "mobile_fedavg_c4_h2_r50_s42"
-    for run_dir, done in ((finished, 50), (half_done, 1)):
-        run_dir.mkdir(parents=True)
-        rounds = [{"round": r, "accuracy": 0.5} for r in range(1, done + 1)]
-        run = {"config": {"num_rounds": 50}, "rounds": rounds}
-        (run_dir / "results.json").write_text(json.dumps(run))
-    result = run_script(
-        ["--dry-run", "--figures", "2", "--seeds", "2", "--out", str(out)], tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    assert len(command_lines(result.stdout)) == 47
-    assert "mobile fedper 4 classes seed 42: finished, skipped ==" in result.stdout
-    assert any(str(half_done) in c for c in command_lines(result.stdout))
-
-
-def test_quick_mode_skips_flickr_and_help_and_bad_options(tmp_path: Path) -> None:
-    result = run_script(["--quick", "--dry-run", "--figures", "7,8"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("skipped with --quick") == 2
-    assert command_lines(result.stdout) == []
-
-    usage = run_script(["--help"], tmp_path)
-    assert usage.returncode == 0 and usage.stdout.startswith("Usage: bash run_figures.sh")
-
-    for bad in (["--figures", "3"], ["--seeds", "0"], ["--models", "vgg"], ["--nope"]):
-        result = run_script(["--dry-run", *bad], tmp_path)
-        assert result.returncode == 2, bad
-        assert result.stderr.startswith("run_figures.sh: error:")
-
-
-def test_quick_plan_gives_each_model_its_own_scale(tmp_path: Path) -> None:
-    out = tmp_path / "quick"
-    options = ["--quick", "--dry-run", "--figures", "2", "--classes", "4", "--out", str(out)]
-    commands = command_lines(run_script(options, tmp_path).stdout)
-    mobile = [c for c in commands if "model_name=mobile" in c]
-    resnet = [c for c in commands if "model_name=resnet" in c]
-    assert len(mobile) == len(resnet) == 4
-    assert all("experiment=digits_demo" in c for c in commands)
-    assert all("num_rounds=20" in c and "image_size" not in c for c in mobile)
-    assert all("num_rounds=10" in c and "dataset.image_size=48" in c for c in resnet)
-    assert all("_r10_s42" in c for c in resnet)  # the rounds name the run folder
-
-    # --rounds replaces both models' quick rounds; the ResNet image size stays
-    commands = command_lines(run_script([*options, "--rounds", "3"], tmp_path).stdout)
-    assert len(commands) == 8 and all("num_rounds=3" in c for c in commands)
-    assert sum("dataset.image_size=48" in c for c in commands) == 4

@@ -4,31 +4,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from omegaconf import DictConfig
 
-PARTITION_FILE = "partition.npz"
+from fedper.data.cache import (
+    CachedPool,
+    CacheError,
+    PoolCache,
+    discard_cache,
+    first_damaged_row,
+)
+from fedper.data.partition import PartitionSettings, partition_labels
+from fedper.errors import FedPerError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: preparing a dataset needs none
+    import torch
+
+log = logging.getLogger("fedper")
+
+SPLITS = ("train", "val", "test")
+EMPTY = np.empty(0, dtype=np.int64)
 
 
 @dataclass
 class ClientSplit:
-    """One client's train and test examples: rows of the image pool and their labels.
+    """One client's train, validation and test examples: rows of the pool and their labels.
 
     Labels live with the client, not the pool: on FLICKR-AES two raters give one photo
-    different scores.
+    different scores. Validation is carved from the training share (empty when
+    `dataset.val_fraction` is 0, the paper's two-way split).
     """
 
     train_indices: np.ndarray
     train_labels: np.ndarray
     test_indices: np.ndarray
     test_labels: np.ndarray
+    val_indices: np.ndarray = field(default_factory=lambda: EMPTY)
+    val_labels: np.ndarray = field(default_factory=lambda: EMPTY)
     info: dict = field(default_factory=dict)
-    val_indices: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    val_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def summary(self, cid: int) -> dict:
         """What results.json records about this client."""
@@ -36,13 +56,18 @@ class ClientSplit:
             "cid": cid,
             **self.info,
             "num_train": int(len(self.train_indices)),
+            "num_val": int(len(self.val_indices)),
             "num_test": int(len(self.test_indices)),
         }
 
 
 @dataclass
 class FederatedDataset:
-    """Everything a client needs to find its data: the pool file, its rows, the statistics."""
+    """Everything a client needs to find its data: the pool file, its rows, the statistics.
+
+    `repair` rebuilds the pool's cache from its source (the builders set it) and is called
+    when a row fails its checksum.
+    """
 
     name: str
     pool_path: Path
@@ -50,66 +75,53 @@ class FederatedDataset:
     mean: list[float]
     std: list[float]
     clients: list[ClientSplit]
+    repair: Callable[[], object] | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> list[dict]:
         return [client.summary(cid) for cid, client in enumerate(self.clients)]
 
     def fingerprint(self) -> str:
-        """SHA-256 over what defines the partition: equal on every machine with the same data."""
-        digest = hashlib.sha256(
-            json.dumps([self.name, self.total_classes, self.mean, self.std]).encode()
-        )
+        """sha256 over the name, classes, statistics and every client's indices and labels:
+        equal on two machines exactly when they would train and test on the same data."""
+        digest = hashlib.sha256()
+        head = [self.name, int(self.total_classes), [float(v) for v in self.mean]]
+        digest.update(json.dumps([*head, [float(v) for v in self.std]]).encode())
         for client in self.clients:
-            for array in (client.train_indices, client.train_labels, client.val_indices,
-                          client.val_labels, client.test_indices, client.test_labels):  # fmt: skip
-                digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes() + b"|")
+            for split in SPLITS:
+                for kind in ("indices", "labels"):
+                    values = np.asarray(getattr(client, f"{split}_{kind}"), dtype="<i8")
+                    digest.update(f"{split}_{kind}:{len(values)}:".encode())
+                    digest.update(values.tobytes())
         return digest.hexdigest()
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the partition next to a run's results (atomically), so clients can read it."""
-        path = Path(directory) / PARTITION_FILE
-        arrays: dict[str, np.ndarray] = {}
-        for cid, client in enumerate(self.clients):
-            arrays[f"train_indices_{cid}"] = client.train_indices
-            arrays[f"train_labels_{cid}"] = client.train_labels
-            arrays[f"test_indices_{cid}"] = client.test_indices
-            arrays[f"test_labels_{cid}"] = client.test_labels
-        meta = {
-            "name": self.name,
-            "pool_path": str(Path(self.pool_path).resolve()),
-            "total_classes": self.total_classes,
-            "mean": list(map(float, self.mean)),
-            "std": list(map(float, self.std)),
-            "info": [client.info for client in self.clients],
-        }
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        return path
 
-    @classmethod
-    def load(cls, directory: str | Path) -> FederatedDataset:
-        with np.load(Path(directory) / PARTITION_FILE) as arrays:
-            meta = json.loads(arrays["meta"].tobytes().decode())
-            clients = [
-                ClientSplit(
-                    train_indices=arrays[f"train_indices_{cid}"],
-                    train_labels=arrays[f"train_labels_{cid}"],
-                    test_indices=arrays[f"test_indices_{cid}"],
-                    test_labels=arrays[f"test_labels_{cid}"],
-                    info=info,
-                )
-                for cid, info in enumerate(meta["info"])
-            ]
-        return cls(
-            name=meta["name"],
-            pool_path=Path(meta["pool_path"]),
-            total_classes=meta["total_classes"],
-            mean=meta["mean"],
-            std=meta["std"],
-            clients=clients,
+def federate_pool(cfg: DictConfig, cache: PoolCache, cached: CachedPool) -> FederatedDataset:
+    """Partition a labelled pool with the configured partitioner and split every client.
+
+    Normalization statistics not set in the config are measured on the training rows only
+    (never validation or test rows).
+    """
+    ds, labels = cfg.dataset, cached.labels
+    parts = partition_labels(labels, PartitionSettings.from_config(cfg))
+    clients = [
+        ClientSplit(
+            **{f"{s}_indices": p[f"{s}_indices"] for s in SPLITS},
+            **{f"{s}_labels": labels[p[f"{s}_indices"]] for s in SPLITS},
+            info={"classes": p["classes"]},
         )
+        for p in parts
+    ]
+    mean, std = configured_or_measured(ds, cached, clients)
+    return FederatedDataset(
+        ds.name, cached.path, ds.total_classes, mean, std, clients, repair=cache.rebuild
+    )
+
+
+def configured_or_measured(ds: DictConfig, cached: CachedPool, clients: list[ClientSplit]):
+    """`dataset.mean`/`std` when set, else the statistics of every client's training rows."""
+    if ds.get("mean") is not None and ds.get("std") is not None:
+        return [float(v) for v in ds.mean], [float(v) for v in ds.std]
+    return cached.stats(np.concatenate([EMPTY, *(c.train_indices for c in clients)]))
 
 
 @dataclass
@@ -120,34 +132,67 @@ class ClientData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
 
 def load_client_data(
     dataset: FederatedDataset, cid: int, device: torch.device | str = "cpu"
 ) -> ClientData:
-    """Read one client's rows from the memory-mapped pool.
+    """Read one client's rows from the pool, each checked against its stored crc32.
 
     Only that client's rows are read, so the cost follows the client's size, not the
     dataset's (the public baseline rebuilt the whole dataset as float32 for every client).
+    A damaged row is never used: the cache is rebuilt (with a warning) and read again.
     """
-    split = dataset.clients[cid]
+    import torch
 
-    def rows(indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(read_rows(dataset.pool_path, indices)).to(device)
+    split = dataset.clients[cid]
+    arrays = {s: verified_rows(dataset, getattr(split, f"{s}_indices")) for s in SPLITS}
 
     def labels(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(values.astype(np.int64)).to(device)
+        return torch.from_numpy(np.asarray(values, dtype=np.int64)).to(device)
 
-    return ClientData(
-        train_images=rows(split.train_indices),
-        train_labels=labels(split.train_labels),
-        test_images=rows(split.test_indices),
-        test_labels=labels(split.test_labels),
-        val_images=rows(split.val_indices),
-        val_labels=labels(split.val_labels),
+    tensors = {}
+    for s in SPLITS:
+        tensors[f"{s}_images"] = torch.from_numpy(arrays[s]).to(device)
+        tensors[f"{s}_labels"] = labels(getattr(split, f"{s}_labels"))
+    return ClientData(**tensors)
+
+
+def verified_rows(dataset: FederatedDataset, indices: np.ndarray) -> np.ndarray:
+    """`read_rows`, checked row by row; on damage, repaired once through `dataset.repair`."""
+    images, bad = checked_read(dataset.pool_path, indices)
+    if bad is not None and dataset.repair is not None:
+        log.warning(
+            "dataset cache %s: row %d fails its checksum: rebuilding the cache",
+            dataset.pool_path, bad,
+        )  # fmt: skip
+        try:
+            dataset.repair()
+        except FedPerError as error:
+            raise CacheError(
+                f"dataset cache {dataset.pool_path} is damaged (row {bad}) and cannot be "
+                f"rebuilt from its source: {error}"
+            ) from None
+        images, bad = checked_read(dataset.pool_path, indices)
+    if bad is None:
+        return images
+    # no way to rebuild it from here (or the rebuild did not help): never use it again
+    discard_cache(dataset.pool_path)
+    raise CacheError(
+        f"dataset cache {dataset.pool_path} is damaged (row {bad} fails its checksum) and was "
+        "set aside: start the run again (resume=<run dir> continues it) to rebuild it"
     )
+
+
+def checked_read(pool_path: Path, indices: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+    """The rows and the first damaged one among them (None when all match their crc32)."""
+    try:
+        images = read_rows(pool_path, indices)
+    except (OSError, ValueError):  # cut short, or an unreadable header
+        return None, int(indices[0]) if len(indices) else 0
+    return images, first_damaged_row(pool_path, indices, images)
 
 
 def read_rows(pool_path: str | Path, indices: np.ndarray) -> np.ndarray:
@@ -193,36 +238,3 @@ def read_rows(pool_path: str | Path, indices: np.ndarray) -> np.ndarray:
         os.close(fd)
     same_order = len(wanted) == len(indices) and bool(np.all(wanted == indices))
     return out if same_order else out[order.reshape(-1)]
-
-
-def channel_stats(
-    pool: np.ndarray, rows: np.ndarray | None = None
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a uint8 NHWC pool (or of its `rows`), on the 0-1 scale.
-
-    Computed from a histogram of the 256 pixel values, read in chunks: a float64 copy of a
-    60,000-image pool would take 1.5 GB (3-4 GB with the std's temporaries) on every run.
-    """
-    channels = pool.shape[-1]
-    counts = np.zeros((channels, 256), dtype=np.int64)
-    num = len(pool) if rows is None else len(rows)
-    for start in range(0, num, 4096):
-        part = slice(start, start + 4096) if rows is None else rows[start : start + 4096]
-        chunk = np.asarray(pool[part]).reshape(-1, channels)
-        for c in range(channels):
-            counts[c] += np.bincount(chunk[:, c], minlength=256)
-    values = np.arange(256, dtype=np.float64) / 255.0
-    total = counts.sum(axis=1)
-    mean = (counts * values).sum(axis=1) / total
-    var = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
-    return mean.tolist(), np.sqrt(var).tolist()
-
-
-def save_pool(images: np.ndarray, path: Path) -> Path:
-    """Store a uint8 NHWC image pool atomically as .npy (read later with mmap)."""
-    assert images.dtype == np.uint8 and images.ndim == 4, "pool must be uint8 NHWC"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, images)
-    os.replace(tmp, path)
-    return path

@@ -4,23 +4,25 @@ Layout under `<data_dir>/flickr/`, as the public baseline's README tells users t
 `40K/<photo>.jpg` (FLICKR-AES-001.zip unzipped), `FLICKR-AES_image_labeled_by_each_worker.csv`
 and `FLICKR-AES_image_score.txt`. Photos are decoded once into a uint8 pool indexed by photo;
 labels live with the clients, since two workers give one photo different scores.
+
+Photos, not ratings, are split: a photo rated by several chosen workers is in training for
+all of them or in test for all of them (the public baseline split each worker's ratings on
+their own, so the shared base trained on photos that other clients were tested on).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
-from fedper.data import dataset_root, register_dataset
-from fedper.data.federated import ClientSplit, FederatedDataset, channel_stats
-from fedper.data.partition import split_train_test
+from fedper.data.cache import PoolCache, dataset_root
+from fedper.data.federated import ClientSplit, FederatedDataset, configured_or_measured
+from fedper.data.split import split_with_shared_items
 from fedper.errors import ConfigError, DatasetNotFoundError
 
 if TYPE_CHECKING:  # pandas and PIL are imported inside the functions: clients never need them
@@ -147,72 +149,64 @@ def decode_photo(path: Path, image_size: int) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8)
 
 
-def build_pool(image_dir: Path, names: list[str], image_size: int, pool_path: Path) -> list[str]:
-    """Decode `names` into a uint8 NHWC pool, row i = names[i]; returns the unreadable ones.
+def decode_photos(pool: np.ndarray, image_dir: Path, names: list[str]) -> list[str]:
+    """Decode `names` into the rows of `pool` (row i = names[i]); returns the unreadable ones.
 
-    The pool is written through a memory map, so thousands of 224 px photos never sit in
-    memory at once. An unreadable or missing photo keeps a black row that no client uses.
+    The pool is a memory map, so thousands of 224 px photos never sit in memory at once.
+    An unreadable or missing photo keeps a black row that no client uses.
     """
     from PIL import Image
 
-    pool_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pool_path.with_suffix(f".tmp{os.getpid()}.npy")
-    pool = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(len(names), image_size, image_size, 3)
-    )
     unreadable = []
     for row, name in enumerate(names):
         try:
-            pool[row] = decode_photo(image_dir / name, image_size)
+            pool[row] = decode_photo(image_dir / name, pool.shape[1])
         # PIL reports a garbled, truncated or absent file as OSError (or ValueError)
         except (OSError, ValueError, Image.DecompressionBombError):
             unreadable.append(name)
-    pool.flush()
-    del pool
-    os.replace(tmp, pool_path)
     return unreadable
 
 
-def cached_photo_pool(
-    root: Path, image_dir: Path, names: list[str], image_size: int
-) -> tuple[Path, set[str]]:
-    """The pool of `names` at `image_size`, decoded on first use only; also the unreadable names.
+def photo_cache(root: Path, image_dir: Path, names: list[str], image_size: int) -> PoolCache:
+    """The pool of `names` at `image_size` with its index (photo names, unreadable ones).
 
     The key covers the size and the set of photos, so every seed (which draws from the same
     eligible workers) reuses one pool, and rounds never decode a JPEG again.
     """
     digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
-    cache_dir = root / "cache"
-    pool_path = cache_dir / f"pool_{image_size}px_{digest}.npy"
-    index_path = pool_path.with_suffix(".json")
-    if pool_path.is_file() and index_path.is_file():
-        return pool_path, set(json.loads(index_path.read_text())["unreadable"])
-    log.info(
-        "FLICKR-AES: decoding %d photos at %d px once into %s", len(names), image_size, pool_path
-    )
-    unreadable = build_pool(image_dir, names, image_size, pool_path)
-    tmp = index_path.with_suffix(f".tmp{os.getpid()}.json")
-    tmp.write_text(json.dumps({"images": names, "unreadable": unreadable}))
-    os.replace(tmp, index_path)
-    return pool_path, set(unreadable)
+    key = f"pool_{image_size}px_{digest}"
+
+    def make():
+        log.info("FLICKR-AES: decoding %d photos at %d px once into %s", len(names), image_size,
+                 root / "cache" / f"{key}.npy")  # fmt: skip
+
+        def fill(pool: np.ndarray):
+            unreadable = decode_photos(pool, image_dir, names)
+            return None, {"images": names, "unreadable": unreadable}
+
+        return (len(names), image_size, image_size, 3), fill
+
+    return PoolCache(root / "cache", key, make)
 
 
-def split_client(
-    rows: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One worker's photos split by score into (train rows, train labels, test rows, test labels)."""
-    order = np.argsort(rows)
-    rows, labels = rows[order], labels[order]
-    train, test = split_train_test(rows, labels, fraction, rng)
-    return train, labels[np.searchsorted(rows, train)], test, labels[np.searchsorted(rows, test)]
+def leak_counts(clients: list[ClientSplit]) -> list[dict[str, int]]:
+    """Per client, how many of its test (validation) photos are in anyone's training split."""
+    trained = np.concatenate([c.train_indices for c in clients])
+    held = np.concatenate([trained, *(c.val_indices for c in clients)])
+    return [
+        {
+            "test_photos_in_training": int(np.isin(c.test_indices, held).sum()),
+            "val_photos_in_training": int(np.isin(c.val_indices, trained).sum()),
+        }
+        for c in clients
+    ]
 
 
-@register_dataset("flickr")
-def build_flickr(cfg: DictConfig) -> FederatedDataset:
+def build_flickr(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
     """Clients = a seeded draw of eligible workers; labels = their own scores; one photo pool."""
     ds = cfg.dataset
     min_images, max_images, min_per_score = check_worker_settings(ds)
-    root = dataset_root(cfg)
+    root = dataset_root(cfg, data_dir)
     image_dir, ratings_path = locate_files(root)
     ratings = read_ratings(ratings_path)
 
@@ -228,15 +222,14 @@ def build_flickr(cfg: DictConfig) -> FederatedDataset:
 
     # the pool holds every eligible worker's photos, not only this draw's, so runs with
     # other seeds find it in the cache
-    pool_ratings = ratings[ratings["worker"].isin(eligible)]
-    names = sorted(pool_ratings["image"].unique())
-    pool_path, unreadable = cached_photo_pool(root, image_dir, names, int(ds.image_size))
+    names = sorted(ratings[ratings["worker"].isin(eligible)]["image"].unique())
+    cache = photo_cache(root, image_dir, names, int(ds.image_size))
+    cached = cache.ensure()
+    unreadable = set(cached.extra["unreadable"])
     row_of = {name: row for row, name in enumerate(names)}
 
     by_worker = dict(tuple(ratings[ratings["worker"].isin(chosen)].groupby("worker")))
-    # a stream separate from the worker draw; each split is fixed for all rounds and reruns
-    rng = np.random.default_rng([ds.seed, 1])
-    clients, skipped = [], set()
+    rows, scores, skipped = [], [], set()
     for worker in chosen:
         mine = by_worker[worker]
         broken = mine["image"].isin(unreadable).to_numpy()
@@ -246,31 +239,36 @@ def build_flickr(cfg: DictConfig) -> FederatedDataset:
             raise DatasetNotFoundError(
                 f"FLICKR-AES worker {worker} has {len(mine)} readable photos in {image_dir}/ "
                 f"after skipping unreadable ones; check that FLICKR-AES-001.zip was fully "
-                f"unzipped there (delete {pool_path.parent}/ to decode the photos again)"
+                f"unzipped there (delete {cached.path.parent}/ to decode the photos again)"
             )
-        rows = mine["image"].map(row_of).to_numpy(np.int64)
-        scores = mine["score"].to_numpy(np.int64)
-        train, train_labels, test, test_labels = split_client(rows, scores - 1, ds.fraction, rng)
-        histogram = np.bincount(scores - 1, minlength=NUM_SCORES)
-        clients.append(
-            ClientSplit(
-                train_indices=train,
-                train_labels=train_labels,
-                test_indices=test,
-                test_labels=test_labels,
-                info={"worker": worker, "score_histogram": histogram.tolist()},
-            )
-        )
+        worker_rows = mine["image"].map(row_of).to_numpy(np.int64)
+        order = np.argsort(worker_rows)
+        rows.append(worker_rows[order])
+        scores.append(mine["score"].to_numpy(np.int64)[order] - 1)
     if skipped:
         log.warning(
             "FLICKR-AES: skipped %d unreadable or missing photos (e.g. %s), removed from every "
             "chosen worker who rated them; delete %s/ to decode them again",
-            len(skipped), image_dir / min(skipped), pool_path.parent,
+            len(skipped), image_dir / min(skipped), cached.path.parent,
         )  # fmt: skip
 
-    if ds.mean is None or ds.std is None:
-        used = np.unique(np.concatenate([c.train_indices for c in clients]))
-        mean, std = channel_stats(np.load(pool_path, mmap_mode="r"), used)
-    else:
-        mean, std = list(ds.mean), list(ds.std)
-    return FederatedDataset(ds.name, pool_path, ds.total_classes, mean, std, clients)
+    splits = split_with_shared_items(
+        rows, scores, ds.fraction, ds.get("val_fraction", 0.0), ds.seed
+    )
+    clients = [
+        ClientSplit(
+            **{f"{s}_indices": r[masks[s]] for s in ("train", "val", "test")},
+            **{f"{s}_labels": k[masks[s]] for s in ("train", "val", "test")},
+            info={
+                "worker": worker,
+                "score_histogram": np.bincount(k, minlength=NUM_SCORES).tolist(),
+            },
+        )
+        for worker, r, k, masks in zip(chosen, rows, scores, splits, strict=True)
+    ]
+    for client, leaks in zip(clients, leak_counts(clients), strict=True):
+        client.info.update(leaks)
+    mean, std = configured_or_measured(ds, cached, clients)
+    return FederatedDataset(
+        ds.name, cached.path, ds.total_classes, mean, std, clients, repair=cache.rebuild
+    )

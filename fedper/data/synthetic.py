@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from fedper.data import cached_pool, dataset_root, federate_by_classes, register_dataset
-from fedper.data.federated import FederatedDataset
+from fedper.data.cache import CachedPool, PoolCache, dataset_root, from_images
+from fedper.data.federated import FederatedDataset, federate_pool
 from fedper.errors import ConfigError
 
 # Bump when the generator changes, so pools cached by an older version are not reused.
@@ -83,26 +83,33 @@ def make_synthetic(
     return images, labels
 
 
-@register_dataset("synthetic")
-def build_synthetic(cfg: DictConfig) -> FederatedDataset:
-    """Generate (or read from cache) the synthetic pool and partition it by classes."""
+def build_synthetic(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
+    """Generate (or read from cache) the synthetic pool and partition it."""
     ds = cfg.dataset
     if not (isinstance(ds.size, int) and ds.size >= ds.total_classes):
         raise ConfigError(
             f"dataset.size={ds.size} must be a whole number of images, at least "
             f"total_classes={ds.total_classes}"
         )
-    pool_path, labels, pool = synthetic_pool(
-        dataset_root(cfg) / "cache", ds.size, ds.total_classes, ds.image_size, ds.seed
+    cache = synthetic_cache(
+        dataset_root(cfg, data_dir) / "cache", ds.size, ds.total_classes, ds.image_size, ds.seed
     )
-    return federate_by_classes(cfg, pool_path, labels, pool)
+    return federate_pool(cfg, cache, cache.ensure())
+
+
+def synthetic_cache(
+    cache_dir: Path, size: int, total_classes: int, image_size: int, seed: int
+) -> PoolCache:
+    """The cache of the pool for these parameters (made on first use)."""
+    key = f"synthetic_v{GENERATOR_VERSION}_{size}x{image_size}px_{total_classes}c_seed{seed}"
+    return PoolCache(
+        cache_dir, key, from_images(lambda: make_synthetic(size, total_classes, image_size, seed))
+    )
 
 
 def synthetic_pool(
     cache_dir: Path, size: int, total_classes: int, image_size: int, seed: int
-) -> tuple[Path, np.ndarray, np.ndarray | None]:
-    """The cached pool for these parameters (made on first use), as `cached_pool` returns it."""
-    key = f"synthetic_v{GENERATOR_VERSION}_{size}x{image_size}px_{total_classes}c_seed{seed}"
-    return cached_pool(
-        cache_dir, key, lambda: make_synthetic(size, total_classes, image_size, seed)
-    )
+) -> tuple[Path, np.ndarray, None]:
+    """The cached pool's path and labels (the benchmark builds its own clients on them)."""
+    cached: CachedPool = synthetic_cache(cache_dir, size, total_classes, image_size, seed).ensure()
+    return cached.path, cached.labels, None

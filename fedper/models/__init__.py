@@ -5,22 +5,15 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from fedper.models.mobilenet import MobileNetV1
-from fedper.models.resnet import ResNet34
+from fedper.models import mobilenet, resnet  # noqa: F401  (each registers its model)
+from fedper.models.registry import MODELS, register_model
 from fedper.models.split import ModelSplit
-
-MODELS: dict[str, type[ModelSplit]] = {cls.name: cls for cls in (MobileNetV1, ResNet34)}
-
-
-def register_model(cls: type[ModelSplit]) -> type[ModelSplit]:
-    """Class decorator: make a ModelSplit subclass available as `model_name=<cls.name>`."""
-    MODELS[cls.name] = cls
-    return cls
 
 
 def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
     """The configured model; with a seed, its initial weights are fixed by that seed."""
-    options = {k: v for k, v in cfg.model.items() if k != "num_head_layers"}
+    # `local_bn` says what a client keeps, not how the network is built
+    options = {k: v for k, v in cfg.model.items() if k not in ("num_head_layers", "local_bn")}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

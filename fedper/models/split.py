@@ -50,23 +50,36 @@ class ModelSplit(nn.Module):
         prefixes = tuple(f"{part}." for part in parts)
         return [key for key in self.state_dict() if key.startswith(prefixes)]
 
+    def batchnorm_keys(self, parts: tuple[str, ...] = PARTS, affine: bool = True) -> set[str]:
+        """Keys of the BatchNorm layers in the named parts: running statistics and the batch
+        counter, plus the affine weight and bias when `affine`."""
+        kinds = ("running_mean", "running_var", "num_batches_tracked")
+        kinds += ("weight", "bias") if affine else ()
+        keys = set()
+        for part in parts:
+            for name, module in getattr(self, part).named_modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    prefix = f"{part}.{name}." if name else f"{part}."
+                    keys.update(prefix + kind for kind in kinds)
+        return keys & set(self.state_dict())
+
+    def state_of(self, keys: list[str]) -> OrderedDict[str, torch.Tensor]:
+        """Detached CPU copies of these parameters and buffers, in the order given."""
+        state = self.state_dict()
+        return OrderedDict((k, state[k].detach().cpu().clone()) for k in keys)
+
     def part_state(self, parts: tuple[str, ...]) -> OrderedDict[str, torch.Tensor]:
         """Detached copies of the named parts' parameters and buffers."""
-        state = self.state_dict()
-        return OrderedDict((k, state[k].detach().cpu().clone()) for k in self.part_keys(parts))
+        return self.state_of(self.part_keys(parts))
 
-    def load_parts(
-        self, state: dict[str, torch.Tensor | np.ndarray], parts: tuple[str, ...]
-    ) -> None:
-        """Load exactly the named parts; a missing, extra or misshapen entry is an error."""
+    def load_keys(self, state: dict[str, torch.Tensor | np.ndarray], keys: list[str]) -> None:
+        """Load exactly these keys; a missing, extra or misshapen entry is an error."""
         expected = self.state_dict()
-        wanted = set(self.part_keys(parts))
+        wanted = set(keys)
         if set(state) != wanted:
             missing = sorted(wanted - set(state))
             extra = sorted(set(state) - wanted)
-            raise ValueError(
-                f"state does not match parts {parts}: missing {missing[:3]}, extra {extra[:3]}"
-            )
+            raise ValueError(f"missing {missing[:3]}, extra {extra[:3]}")
         with torch.no_grad():
             for key, value in state.items():
                 tensor = torch.as_tensor(value)
@@ -75,6 +88,12 @@ class ModelSplit(nn.Module):
                         f"{key}: shape {tuple(tensor.shape)} does not fit {tuple(expected[key].shape)}"
                     )
                 expected[key].copy_(tensor)
+
+    def load_parts(
+        self, state: dict[str, torch.Tensor | np.ndarray], parts: tuple[str, ...]
+    ) -> None:
+        """Load exactly the named parts' keys."""
+        self.load_keys(state, self.part_keys(parts))
 
     def freeze(self, part: str) -> None:
         """Stop gradients through one part (fine-tuning a head on a fixed base)."""

@@ -34,18 +34,22 @@ def plot_runs(
     figure: str | None = None,
     band: str = "minmax",
     compare: Sequence[str] = (),
+    metric: str = "test",
 ) -> PlotOutput:
     """Figures, summary and (with `compare`) paired differences for every results.json below."""
     # With `figure`, files are `<figure>_<model>.png`, `<figure>_summary.{csv,md}` and
     # `<figure>_differences.{csv,md}`, so several figures can share one output folder;
     # without, `accuracy_<dataset>_<model>.png`, `summary.*` and `differences.*`.
     comparisons = [parse_comparison(spec) for spec in compare]  # a typo fails before drawing
-    runs = load_runs(folders)
-    prefix = f"{figure}_" if figure else ""
+    runs = load_runs(folders, metric)
+    # tables on validation data get their own names, so they never overwrite the test ones
+    prefix = (f"{figure}_" if figure else "") + ("val_" if metric == "val" else "")
     differences = paired_differences(runs, comparisons) if comparisons else None
-    pngs = draw_figures(accuracy_curves(runs), out_dir, figure, band)
+    split = "test" if metric == "test" else "validation"
+    stem = figure if metric == "test" else f"{figure or 'accuracy'}_val"
+    pngs = draw_figures(accuracy_curves(runs), out_dir, stem, band, split)
     summary = summary_table(runs)
-    tables = write_table(summary, summary_markdown(summary), out_dir, f"{prefix}summary")
+    tables = write_table(summary, summary_markdown(summary, split), out_dir, f"{prefix}summary")
     if differences is not None and len(differences):
         markdown = differences_markdown(differences)
         tables += write_table(differences, markdown, out_dir, f"{prefix}differences")
@@ -78,15 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="paired per-seed differences against the setting with KEY=VALUE, within each "
         "group of settings equal on every other key (repeatable), e.g. algorithm=fedper",
     )
+    parser.add_argument(
+        "--metric",
+        choices=("test", "val"),
+        default="test",
+        help="accuracy on the clients' test splits (default) or validation splits (to choose "
+        "settings on: the tables and figures are then computed on validation data only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(format="fedper.plot: warning: %(message)s", level=logging.WARNING)
     out_dir = args.out or (args.folders[0] if args.folders[0].is_dir() else args.folders[0].parent)
     try:
-        output = plot_runs(args.folders, out_dir, args.figure, args.band, args.compare)
+        output = plot_runs(args.folders, out_dir, args.figure, args.band, args.compare, args.metric)
     except PlotError as error:
         print(f"fedper.plot: error: {error}", file=sys.stderr)
         return 2
-    print(summary_markdown(output.summary), end="")
+    print(
+        summary_markdown(output.summary, "test" if args.metric == "test" else "validation"), end=""
+    )
     if output.differences is not None and len(output.differences):
         print("\n" + differences_markdown(output.differences), end="")
     for path in [*output.pngs, *output.tables]:

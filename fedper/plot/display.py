@@ -8,16 +8,10 @@ import numbers
 import pandas as pd
 
 from fedper.algorithms import ALGORITHMS
+from fedper.data.registry import DATASET_LABELS
 from fedper.models import MODELS
 from fedper.plot.runs import RUN_COLUMNS
 
-# Until the dataset registry carries display names (the lead wires DATASET_LABELS in).
-DATASET_LABELS = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "flickr": "FLICKR-AES",
-    "digits": "digits",
-}
 # Always in the tables, even when every run shares the value, so a table read on its own
 # says what was run.
 CORE_KEYS = (
@@ -58,7 +52,7 @@ def algorithm_label(name: object) -> str:
     return algorithm.label if algorithm else text(name)
 
 
-def algorithm_style(name: object) -> str:
+def algorithm_style(name: object) -> str | tuple:
     algorithm = ALGORITHMS.get(str(name))
     return algorithm.style if algorithm else "-"
 

@@ -79,7 +79,7 @@ def _draw_panel(
         ax.plot(
             curve["round"],
             curve["mean"],
-            style,
+            linestyle=style,
             color=color,
             marker="o",
             ms=2.5,
@@ -110,7 +110,7 @@ def _draw_panel(
 
 
 def build_figures(
-    curves: pd.DataFrame, figure: str | None = None, band: str = "minmax"
+    curves: pd.DataFrame, figure: str | None = None, band: str = "minmax", split: str = "test"
 ) -> list[tuple[str, Figure]]:
     """(file name, Figure) per dataset and model: a panel per classes-per-client value."""
     if band not in BANDS:
@@ -136,7 +136,7 @@ def build_figures(
             if not is_missing(panel_value):
                 title += f" · {format_value(PANEL_KEY, panel_value)}"
             ax.set_title(title, fontsize=10)
-            ax.set(xlabel="round", ylabel="personalized test accuracy", ylim=(0, 1))
+            ax.set(xlabel="round", ylabel=f"personalized {split} accuracy", ylim=(0, 1))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(loc="lower right", fontsize=8)
@@ -151,13 +151,17 @@ def build_figures(
 
 
 def draw_figures(
-    curves: pd.DataFrame, out_dir: str | Path, figure: str | None = None, band: str = "minmax"
+    curves: pd.DataFrame,
+    out_dir: str | Path,
+    figure: str | None = None,
+    band: str = "minmax",
+    split: str = "test",
 ) -> list[Path]:
     """Write build_figures' PNGs into out_dir; their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in build_figures(curves, figure, band):
+    for name, fig in build_figures(curves, figure, band, split):
         path = out_dir / name
         fig.savefig(path, dpi=120)
         paths.append(path)

@@ -104,8 +104,17 @@ def is_partial(entry: dict) -> bool:
     return (entry.get("clients_failed") or 0) > 0
 
 
-def load_runs(folders: Iterable[str | Path]) -> pd.DataFrame:
-    """A row per run and round: run, setting, seed, round, accuracy, val_accuracy, partial, keys."""
+METRICS = {"test": "accuracy", "val": "val_accuracy"}
+
+
+def load_runs(folders: Iterable[str | Path], metric: str = "test") -> pd.DataFrame:
+    """A row per run and round: run, setting, seed, round, accuracy, val_accuracy, partial, keys.
+
+    With `metric="val"`, `accuracy` holds the validation accuracy, so every table and figure
+    is computed on validation data (what settings are chosen on); test data stays unread.
+    """
+    if metric not in METRICS:
+        raise PlotError(f"metric={metric} is unknown: use {' or '.join(METRICS)}")
     rows = []
     for path in find_results(folders):
         run = read_run(path)
@@ -126,7 +135,7 @@ def load_runs(folders: Iterable[str | Path]) -> pd.DataFrame:
                     "setting": key,
                     "seed": config.get("seed"),
                     "round": int(entry["round"]),
-                    "accuracy": _number(entry.get("accuracy")),
+                    "accuracy": _number(entry.get(METRICS[metric])),
                     "val_accuracy": _number(entry.get("val_accuracy")),
                     "partial": is_partial(entry),
                     **setting,

@@ -61,8 +61,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary table as Markdown: a row per setting, each measure as mean ± 95% CI."""
+def summary_markdown(summary: pd.DataFrame, split: str = "test") -> str:
+    """The summary table as Markdown: a row per setting, each measure as mean ± 95% CI.
+
+    With `split="validation"` the accuracies are validation accuracies (`--metric val`).
+    """
     keys = [c for c in summary.columns if c not in SUMMARY_NUMBERS]
     header = [COLUMN_TITLES.get(k, k) for k in keys] + ["seeds"]
     header += [MEASURE_TITLES[m] for m in MEASURES] + ["partial rounds"]
@@ -78,7 +81,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         if unfinished:
             cells.append(text(row["rounds_done"]))
         rows.append(cells)
-    return "\n".join(_table(header, rows)) + "\n\n" + SUMMARY_NOTE + "\n"
+    note = SUMMARY_NOTE
+    if split != "test":
+        note = f"These are {split} accuracies (chosen on, never test data). " + note.replace(
+            "personalized test accuracy", f"personalized {split} accuracy"
+        )
+    return "\n".join(_table(header, rows)) + "\n\n" + note + "\n"
 
 
 def _per_seed(seeds: str, differences: str) -> str:
