@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,11 +25,12 @@ from pathlib import Path
 
 from fedper.config import RunPlan
 from fedper.errors import FedPerError
+from fedper.interrupts import INTERRUPTS, quiet_ray_signals, ray_starting
 
 log = logging.getLogger("fedper")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_CONNECTION = "fedper"  # the SuperLink connection's name in a run's own FLWR_HOME
-SERVER_STOP_SECONDS = 120  # how long an interrupted run waits for the server loop to stop
+SERVER_STOP_SECONDS = 30  # how long an interrupted run waits for the server loop to stop
 
 
 def run_on_engine(plan: RunPlan) -> None:
@@ -39,40 +39,6 @@ def run_on_engine(plan: RunPlan) -> None:
         deploy(plan)
     else:
         simulate(plan)
-
-
-INTERRUPTS = (signal.SIGTERM, signal.SIGINT)
-
-
-def interrupt(signum, frame) -> None:
-    """The first SIGTERM or SIGINT stops the run (KeyboardInterrupt in the main thread); later
-    ones are ignored so that they cannot cut the clean-up short (SIGKILL still ends it)."""
-    for sig in INTERRUPTS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def take_signals() -> None:
-    """Route SIGTERM and SIGINT to `interrupt`; again after `ray.init`, which installs its own
-    SIGTERM handlers (Python's `sys.exit` and the core worker's, which dumps and aborts)."""
-    for sig in INTERRUPTS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # not after the first interrupt
-            signal.signal(sig, interrupt)
-
-
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM (what schedulers send) takes the same clean path as Ctrl-C, for the whole run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only; its owner handles them
-        return
-    previous = {sig: signal.getsignal(sig) for sig in INTERRUPTS}
-    take_signals()
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def quiet_frameworks() -> None:
@@ -114,6 +80,7 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
     decides where the actors go. A local instance gets its own temp folder (removed at the
     end, also after Ctrl-C) and no dashboard; RAY_ADDRESS is ignored while it starts.
     """
+    quiet_ray_signals()
     import ray
 
     cfg = plan.spec.cfg
@@ -129,7 +96,8 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
             if cfg.engine.ship_code:
                 runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
             try:
-                ray.init(address=cfg.engine.address, runtime_env=runtime_env, **common)
+                with ray_starting():
+                    ray.init(address=cfg.engine.address, runtime_env=runtime_env, **common)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise FedPerError(
                     f"cannot join the Ray cluster at engine.address={cfg.engine.address} "
@@ -139,15 +107,16 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
             temp_dir, owner = ray_temp_dir()
             # workers import fedper from wherever this process does (a checkout, PYTHONPATH)
             pythonpath = os.pathsep.join(p for p in sys.path if p)
-            ray.init(
-                address="local",
-                num_cpus=cfg.engine.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                _temp_dir=str(temp_dir),
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-                **common,
-            )
-        take_signals()
+            with ray_starting():
+                ray.init(
+                    address="local",
+                    num_cpus=cfg.engine.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    _temp_dir=str(temp_dir),
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                    **common,
+                )
+        INTERRUPTS.take()  # in case Ray took them after all
         yield
     finally:
         if ray.is_initialized():
@@ -198,6 +167,7 @@ def sweep_ray_temp_dirs() -> None:
 def simulate(plan: RunPlan) -> None:
     """Flower's Simulation Engine on Ray: the ServerApp in a thread, one actor per client slot."""
     quiet_frameworks()  # before Flower's imports, which log as they load
+    quiet_ray_signals()  # before Flower imports Ray
     from flwr.simulation import run_simulation
 
     from fedper.client_app import app as client_app

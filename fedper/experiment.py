@@ -22,6 +22,7 @@ from fedper.commit import RoundCommit, committed_round
 from fedper.config import RunPlan, derive_run_spec, new_run_id, validate_config
 from fedper.data import prepare_dataset
 from fedper.errors import ConfigError, Interrupted
+from fedper.interrupts import signals_interrupt
 from fedper.models import build_model
 from fedper.results import load_results, partial_rounds
 from fedper.rundir import (
@@ -187,7 +188,7 @@ def run_experiment(
     `overrides` are the command line's (what `resume=` may change); `engine` runs a plan
     (default: the configured engine; tests pass an in-process one).
     """
-    from fedper.engines import run_on_engine, signals_interrupt
+    from fedper.engines import run_on_engine
 
     resume = cfg.get("resume")
     run_dir = Path(resume or run_dir).expanduser().resolve()

@@ -75,24 +75,26 @@ def rounds_in(run_dir):
     return len(json.loads(path.read_text())["rounds"]) if path.is_file() else 0
 
 
-def session_processes(session):
-    """Live (not zombie) processes of a session: what a signal to the run left behind."""
+def processes_of(folder):
+    """Live processes started under this test's TMPDIR: the run and everything it started
+    (Ray's processes run in sessions of their own, but inherit the environment)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            zombie = (proc / "stat").read_text().rpartition(")")[2].split()[0] == "Z"
         except OSError:
             continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(stat.parent.name))
+        if f"TMPDIR={folder}".encode() in environ and not zombie:
+            found.append(int(proc.name))
     return found
 
 
-def wait_until_gone(session, timeout=60):
+def wait_until_gone(folder, timeout=60):
     deadline = time.monotonic() + timeout
-    while session_processes(session) and time.monotonic() < deadline:
+    while processes_of(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return session_processes(session)
+    return processes_of(folder)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, reference, r
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert 2 <= rounds_in(run_dir) < 4
-    assert wait_until_gone(process.pid) == [], "Ray processes outlived a killed run"
+    assert wait_until_gone(temp) == [], "Ray processes outlived a killed run"
     assert [p.name for p in temp.glob("fedper-ray-*")], "SIGKILL leaves the Ray folder behind"
 
     result = run_main_with(env, tmp_path, RUN, run_dir)  # the same command continues the run
@@ -131,15 +133,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, reference, r
 
 
 @pytest.mark.parametrize(
-    ("sig", "to_group"), [(signal.SIGTERM, True), (signal.SIGTERM, False), (signal.SIGINT, False)]
+    ("sig", "to_group", "when"),
+    [
+        (signal.SIGTERM, True, "round 1"),
+        (signal.SIGTERM, False, "round 1"),
+        (signal.SIGINT, False, "round 1"),
+        (signal.SIGTERM, True, "Ray starting"),  # while ray.init runs, Ray's own handler is set
+    ],
 )
 def test_sigterm_and_sigint_stop_cleanly_leaving_nothing(
-    tmp_path, reference, ray_tmp, sig, to_group
+    tmp_path, reference, ray_tmp, sig, to_group, when
 ):
     temp, env = ray_tmp
     run_dir = tmp_path / "run"
     process = start(tmp_path, run_dir, env)
-    wait_for(lambda: rounds_in(run_dir) >= 1, process, "round 1")
+    if when == "round 1":
+        wait_for(lambda: rounds_in(run_dir) >= 1, process, when)
+    else:
+        wait_for(lambda: list(temp.glob("fedper-ray-*/session_*")), process, when)
     (os.killpg if to_group else os.kill)(process.pid, sig)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 2, output[-3000:]
@@ -150,7 +161,7 @@ def test_sigterm_and_sigint_stop_cleanly_leaving_nothing(
     )
     for dump in ("Traceback", "*** SIGTERM received", "Aborted"):
         assert dump not in output[: output.rindex("fedper: error:")], output[-3000:]
-    assert wait_until_gone(process.pid) == [], "processes of the run outlived it"
+    assert wait_until_gone(temp) == [], "processes of the run outlived it"
     ray_folders = [*temp.glob("*fedper-ray-*"), *temp.glob("ray*")]
     assert not ray_folders, "the run's Ray temp folder was left behind"
     if to_group:  # the run goes on from where it stopped, to the same numbers
