@@ -287,7 +287,6 @@ def describe(perf: Performance, share: float) -> dict:
         "gpu_share": share,
         "deterministic": perf.deterministic,
         "cudnn_benchmark": perf.cudnn_benchmark,
-        "torch": torch.__version__,
     }
 
 

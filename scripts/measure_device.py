@@ -47,17 +47,23 @@ LAYOUTS = {
 }
 
 
-def step_seconds(model, x, y, optimizer) -> float:
+def step_seconds(model, x, y, optimizer, dtype=None) -> float:
     started = time.perf_counter()
-    loss = F.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return time.perf_counter() - started
 
 
-def layout(models: list[str], sizes: list[int], batch: int, repeats: int, width: float) -> None:
+def layout(
+    models: list[str], sizes: list[int], batch: int, repeats: int, width: float, bf16: bool
+) -> None:
     torch.manual_seed(0)
+    variants = dict(LAYOUTS)
+    if bf16:  # bf16 autocast, in the layout that wins in fp32
+        variants["channels_last+bf16"] = LAYOUTS["channels_last"]
     print(
         f"threads={torch.get_num_threads()} batch={batch} width={width} repeats={repeats} "
         "(median ms/step)"
@@ -65,13 +71,14 @@ def layout(models: list[str], sizes: list[int], batch: int, repeats: int, width:
     for name in models:
         for size in sizes:
             setups = {}
-            for label, (model_format, input_format) in LAYOUTS.items():
+            for label, (model_format, input_format) in variants.items():
                 options = {"width_multiplier": width} if name == "mobile" else {}
                 model = MODELS[name](10, 2, **options).to(memory_format=model_format).train()
                 x = torch.randn(batch, 3, size, size).contiguous(memory_format=input_format)
                 y = torch.randint(0, 10, (batch,))
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-                setups[label] = (model, x, y, optimizer)
+                dtype = torch.bfloat16 if label.endswith("bf16") else None
+                setups[label] = (model, x, y, optimizer, dtype)
                 step_seconds(*setups[label])  # warm-up: oneDNN primitives, allocator
             times = {label: [] for label in setups}
             for _ in range(repeats):
@@ -185,6 +192,7 @@ def main() -> None:
     lay.add_argument("--batch", type=int, default=32)
     lay.add_argument("--repeats", type=int, default=5)
     lay.add_argument("--width", type=float, default=1.0, help="MobileNet-v1 width multiplier")
+    lay.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     one = sub.add_parser("step")
     one.add_argument("--baseline", default="836d9c6", help="revision before the device work")
     one.add_argument("--size", type=int, default=224)
@@ -202,7 +210,7 @@ def main() -> None:
     if args.command == "step":
         step(args.baseline, args.size, args.batch, args.width, args.steps, args.repeats)
     if args.command == "layout":
-        layout(args.models, args.sizes, args.batch, args.repeats, args.width)
+        layout(args.models, args.sizes, args.batch, args.repeats, args.width, args.bf16)
 
 
 if __name__ == "__main__":
