@@ -227,7 +227,8 @@ def resolve_performance(cfg: DictConfig, device: torch.device) -> Performance:
         channels_last = auto_channels_last(cfg.model_name, device, cfg.dataset.image_size)
     else:
         channels_last = bool(perf.channels_last)
-    deterministic = bool(perf.deterministic)
+    # runs saved before the switch existed resume with its default
+    deterministic = bool(perf.get("deterministic", False))
     return Performance(
         device=device,
         data_device=device if perf.data_on_device else torch.device("cpu"),
@@ -311,7 +312,5 @@ def check_performance(cfg: DictConfig) -> None:
         f"performance.channels_last={perf.channels_last} is unknown: use auto, true or false",
     )
     for key in ("data_on_device", "cudnn_benchmark", "deterministic"):
-        check(
-            isinstance(perf[key], bool),
-            f"performance.{key}={perf[key]} must be true or false",
-        )
+        value = perf.get(key, False)
+        check(isinstance(value, bool), f"performance.{key}={value} must be true or false")

@@ -93,7 +93,7 @@ def train(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     _, height, width, _ = images.shape
     for _ in range(settings.epochs):
-        order = torch.randperm(num, generator=generator).to(images.device)
+        order = torch.randperm(num, generator=generator).to(images.device, non_blocking=True)
         augmentation = transform.draw(num, height, width, generator, device)
         for start, end in batch_bounds(num, settings.batch_size):
             idx = order[start:end]
@@ -138,5 +138,5 @@ def evaluate(
         correct += (logits.argmax(1) == y).sum()
     if not num:
         return {"accuracy": 0.0, "loss": 0.0, "num_examples": 0}
-    loss_sum, correct = loss_sum.item(), correct.item()
+    loss_sum, correct = torch.stack([loss_sum, correct.double()]).tolist()
     return {"accuracy": correct / num, "loss": loss_sum / num, "num_examples": num}

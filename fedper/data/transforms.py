@@ -86,7 +86,9 @@ class BatchTransform:
         if self.flip:
             mirror = (torch.rand(num, generator=generator) < 0.5).view(num, 1)
             cols = torch.where(mirror, cols.flip(1), cols)
-        return Augmentation(rows.contiguous().to(device), cols.contiguous().to(device))
+        # a copy from pageable memory is staged before it returns, so non_blocking is safe here
+        to = {"device": device, "non_blocking": True}
+        return Augmentation(rows.contiguous().to(**to), cols.contiguous().to(**to))
 
     def __call__(
         self, images: torch.Tensor, augmentation: Augmentation | None = None
