@@ -27,6 +27,7 @@ from fedper.device import (
 )
 from fedper.errors import ConfigError
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # what the torch wheel this project installs was built for
 WHEEL_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 A100 = ("NVIDIA A100-SXM4-40GB", (8, 0), True)
@@ -265,3 +266,30 @@ def test_the_start_up_line_names_device_gpu_dtype_layout_share_and_determinism(m
     info = describe(resolve_performance(cpu, client_device(cpu)), gpu_share(cpu))
     assert info["gpu"] is None and info["layout"] == "nchw" and info["dtype"] == "fp32"
     assert describe_line(info) == "clients on cpu · fp32 · nchw · deterministic"
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_this_gpu_passes_the_checks_and_is_named_at_start():
+    cfg = config()
+    check_gpu_setup(cfg)  # the real capability against the real arch list
+    info = describe(resolve_performance(cfg, client_device(cfg)), gpu_share(cfg))
+    assert info["device"] == "cuda" and torch.cuda.get_device_name(0) in info["gpu"]
+    native = torch.cuda.get_device_capability(0) >= (8, 0)
+    assert info["dtype"] == ("bf16" if native else "fp32")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_real_share_caps_memory_and_an_overflow_reads_as_one_line():
+    cuda = torch.device("cuda")
+    total = torch.cuda.get_device_properties(cuda).total_memory
+    try:
+        apply_gpu_share(0.25, cuda)
+        with pytest.raises(torch.OutOfMemoryError) as caught:
+            torch.empty(int(0.3 * total), dtype=torch.uint8, device=cuda)
+        message = str(out_of_memory_error(caught.value, config("client_resources.num_gpus=0.25")))
+        assert "smaller batch_size" in message and "\n" not in message
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, cuda)
+        torch.cuda.empty_cache()
