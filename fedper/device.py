@@ -175,10 +175,11 @@ def check_gpu_setup(cfg: DictConfig) -> None:
 
 
 # The CPU channels_last rule, measured with scripts/measure_device.py layout (2-thread AMD
-# EPYC, batch 32, a shared and noisy machine, step times interleaved; NCHW/channels_last):
-#   MobileNet-v1: 1.49x at 32 px, 1.32x at 64 px, 2.26x at 224 px: oneDNN runs depthwise
-#                 convolutions and BatchNorm much faster in NHWC, at every size.
-#   ResNet-34:    0.90x at 32 px, 0.99x at 64 px, 1.15x at 224 px: only large inputs gain.
+# EPYC, batch 32, a shared and noisy machine, step times interleaved; NCHW/channels_last in
+# two runs):
+#   MobileNet-v1: 1.49/1.31x at 32 px, 1.32/1.44x at 64 px, 2.26/1.75x at 224 px: oneDNN runs
+#                 depthwise convolutions and BatchNorm much faster in NHWC, at every size.
+#   ResNet-34:    0.90/0.90x at 32 px, 0.99/1.00x at 64 px, 1.15/1.17x at 224 px.
 # The value is the smallest image size from which channels_last wins; other models stay NCHW.
 CPU_CHANNELS_LAST_FROM = {"mobile": 0, "resnet": 128}
 
