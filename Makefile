@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# On a GPU host: the CUDA-only tests, which `make test` skips where no GPU is visible.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device is visible to torch')"
+	$(BIN)/python -m pytest -q -m cuda -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedper tests && $(BIN)/ruff format --check fedper tests
