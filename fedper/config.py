@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from fedper.algorithms import ALGORITHMS
 from fedper.device import (  # noqa: F401  (re-exported for the apps)
     Performance,
+    check_performance,
+    gpu_share,
     resolve_device,
     resolve_num_gpus,
     resolve_performance,
@@ -87,15 +89,7 @@ def validate_config(cfg: DictConfig) -> None:
         )
     local_bn = OmegaConf.select(cfg, "model.local_bn")
     check(isinstance(local_bn, bool), f"model.local_bn={local_bn} must be true or false")
-    perf = cfg.performance
-    check(
-        perf.autocast in ("auto", "bf16", "off"),
-        f"performance.autocast={perf.autocast} is unknown: use auto, bf16 or off",
-    )
-    check(
-        perf.channels_last in ("auto", True, False),
-        f"performance.channels_last={perf.channels_last} is unknown: use auto, true or false",
-    )
+    check_performance(cfg)
     for key in ("server_device", "client_device"):
         resolve_device(cfg[key], key)
     resources = cfg.client_resources
@@ -208,7 +202,7 @@ def derive_run_spec(
         run_dir=str(Path(run_dir).resolve()),
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()),
         state_dir=str(Path(cfg.state_dir).expanduser().resolve()),
-        num_gpus=resolve_num_gpus(cfg.client_resources.num_gpus),
+        num_gpus=gpu_share(cfg),
         fingerprint=fingerprint,
         initial_digest=initial_digest,
     )

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedper.config import RunPlan
+from fedper.device import check_gpu_setup
 from fedper.errors import FedPerError, Interrupted
 
 log = logging.getLogger("fedper")
@@ -160,6 +161,7 @@ def simulate(plan: RunPlan) -> None:
     from fedper.server_app import server_app_for
 
     cfg = plan.spec.cfg
+    check_gpu_setup(cfg)  # the GPUs Ray will see, before it starts (SuperNodes pick their own)
     warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated")
     stop = threading.Event()
     backend_config = {
