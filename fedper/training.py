@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.sgd import sgd
 
 from fedper.data.transforms import BatchTransform
 
@@ -77,12 +78,7 @@ def train(
     """
     device = model_device(model)
     params = [p for p in (parameters or model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params,
-        lr=settings.learning_rate,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    optimizer = SGD(params, settings)
     model.train()
     if frozen is not None:
         frozen.eval()
@@ -103,12 +99,48 @@ def train(
             y = labels[idx].to(device, non_blocking=True)
             with autocast(device, settings.autocast_dtype):
                 loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total_loss += loss.detach().double() * (end - start)
     seen = num * settings.epochs
     return {"loss": total_loss.item() / seen, "num_examples": num}
+
+
+class SGD:
+    """torch's SGD (momentum, weight decay) through its functional form, `torch.optim.sgd.sgd`.
+
+    The same update as `torch.optim.SGD`, without the Optimizer class: its first use in a
+    process imports torch._dynamo (about a second), which every fresh ClientApp process of
+    Flower's Deployment Engine would pay on every training message.
+    """
+
+    def __init__(self, params: list[nn.Parameter], settings: TrainSettings) -> None:
+        self.params = params
+        self.settings = settings
+        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        buffers = [self.momentum_buffers[i] for i in live]
+        sgd(
+            [self.params[i] for i in live],
+            [self.params[i].grad for i in live],
+            buffers,
+            weight_decay=self.settings.weight_decay,
+            momentum=self.settings.momentum,
+            lr=self.settings.learning_rate,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+        )
+        for i, buffer in zip(live, buffers, strict=True):  # sgd fills new buffers in place
+            self.momentum_buffers[i] = buffer
 
 
 @torch.no_grad()

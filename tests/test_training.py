@@ -175,3 +175,37 @@ def test_cuda_training_sees_the_same_shuffles_and_crops_as_the_cpu(monkeypatch):
         train(model, images, labels, transform, one_epoch, torch.Generator().manual_seed(2))
     for on_cpu, on_gpu in zip(batches["cpu"], batches["cuda"], strict=True):
         torch.testing.assert_close(on_gpu, on_cpu, atol=1e-5, rtol=0)
+
+
+def test_sgd_is_torchs_update_bit_for_bit_without_importing_dynamo():
+    import copy
+    import subprocess
+    import sys
+
+    from fedper.training import SGD, TrainSettings
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    theirs = copy.deepcopy(ours)
+    settings = TrainSettings(1, 4, 0.05, momentum=0.9, weight_decay=1e-3)
+    optimizers = {
+        id(ours): SGD(list(ours.parameters()), settings),
+        id(theirs): torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3),
+    }
+    for _ in range(20):
+        x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+        for net in (ours, theirs):
+            optimizers[id(net)].zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizers[id(net)].step()
+    assert all(
+        torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True)
+    )
+    # a fresh process trains a step without importing torch._dynamo (a second per ClientApp)
+    script = (
+        "import sys, torch; from fedper.training import SGD, TrainSettings; "
+        "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3); "
+        "SGD([p], TrainSettings(1, 1, 0.1)).step(); print('torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
