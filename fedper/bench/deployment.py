@@ -79,6 +79,22 @@ def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
     return out
 
 
+def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """Later rounds, per phase: its wall seconds, the seconds one client spent inside the
+    ClientApp's handler (data, head, compute; its mean over clients), and the rest: getting
+    the message to a ready ClientApp and the reply back (for deployment: polling, a fresh
+    process, imports and set-up)."""
+    out = {}
+    for phase, count in (("train", lambda r: len(r["trained_clients"])),
+                         ("evaluate", lambda r: r["clients_ok"])):  # fmt: skip
+        later = steady(rounds)
+        wall = mean([r["timing"][f"{phase}_wall"] for r in later])
+        inside = mean([sum(r["timing"][f"{phase}_clients"].values()) / max(count(r), 1)
+                       for r in later])  # fmt: skip
+        out[phase] = {"wall": wall, "inside_handler": inside, "outside_handler": wall - inside}
+    return out
+
+
 def timed_run(cfg: DictConfig, run_dir: Path) -> dict:
     """One run through `run_experiment`, its wall seconds and per-round seconds."""
     started = time.perf_counter()
@@ -88,6 +104,7 @@ def timed_run(cfg: DictConfig, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
         "wall_seconds": time.perf_counter() - started,
         "round_seconds": [round_cost(entry) for entry in rounds],
+        "phases": phase_split(rounds),
         "per_client": [entry["per_client"] for entry in rounds],
     }
 
@@ -99,6 +116,10 @@ def engine_summary(runs: list[dict]) -> dict:
             [s for run in runs for s in steady(run["round_seconds"])]
         ),
         "wall_seconds": mean([run["wall_seconds"] for run in runs]),
+        "phases": {
+            phase: {key: mean([run["phases"][phase][key] for run in runs]) for key in parts}
+            for phase, parts in runs[0]["phases"].items()
+        },
         "runs": runs,
     }
 
@@ -164,6 +185,13 @@ def format_deployment(report: dict) -> str:
     for name, part in engines.items():
         lines.append(f"{name:14}{part['first_round_seconds']:12.2f}"
                      f"{part['round_seconds_after_first']:18.2f}{part['wall_seconds']:10.1f}")  # fmt: skip
+    lines.append("per phase, later rounds (s): wall = inside the ClientApp's handler (one "
+                 "client) + outside it (messaging; for deployment also polling, a fresh process, "
+                 "imports and set-up)")  # fmt: skip
+    for name, part in engines.items():
+        lines.append(f"  {name:12}" + "; ".join(
+            f"{phase} {p['wall']:.2f} = {p['inside_handler']:.2f} + {p['outside_handler']:.2f}"
+            for phase, p in part["phases"].items()))  # fmt: skip
     lines += [
         f"deployment / simulation, later rounds: {report['ratio_deployment_over_simulation']:.1f}x"
         f"; same per-client metrics: {report['same_per_client_metrics']}",
