@@ -110,6 +110,7 @@ def timed_run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def engine_summary(runs: list[dict]) -> dict:
+    """One engine's runs, averaged (round 1 apart: it builds caches and starts processes)."""
     return {
         "first_round_seconds": mean([run["round_seconds"][0] for run in runs]),
         "round_seconds_after_first": mean(

@@ -18,12 +18,14 @@ BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flower-
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def listening(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port."""
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
@@ -106,6 +108,7 @@ class Federation:
 
 
 def signal_group(pgid: int, signum: int) -> None:
+    """Signal every process of a group we started (gone already: nothing to do)."""
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
@@ -113,6 +116,7 @@ def signal_group(pgid: int, signum: int) -> None:
 
 
 def group_alive(pgid: int) -> bool:
+    """A process of this group still exists."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -75,6 +75,7 @@ class PlainClients:
         return {"weighted": weighted, "largest": largest, "examples": examples, "clients": clients}
 
     def evaluate(self, cids: list[int], round_num: int, shared: dict | None) -> dict:
+        """Test (and validation) metrics of each client with the given shared parts."""
         clients = {}
         for cid in cids:
             metrics = self.worker.evaluate(cid, round_num, tensors(shared))
@@ -83,6 +84,7 @@ class PlainClients:
 
 
 def tensors(shared: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    """The shared arrays as the client core takes them (copies: workers keep no views)."""
     return None if shared is None else {k: torch.from_numpy(np.array(v)) for k, v in shared.items()}
 
 

@@ -12,6 +12,7 @@ from fedper.training import batch_slices
 
 
 def mean(values: list[float]) -> float:
+    """The mean, NaN for no values."""
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -112,6 +113,7 @@ def step_milliseconds(train_compute: list[float], steps: list[int]) -> float:
 
 def scenario(cfg: DictConfig, settings: BenchSettings, partition: list[dict], plain: dict,
              actors: int) -> dict:  # fmt: skip
+    """What was measured: the run's settings, the actors and how the plain loop ran."""
     threads = int(max(1, cfg.client_resources.num_cpus))
     parallel = settings.plain_mode == "parallel"
     return {

@@ -97,6 +97,7 @@ class MemorySampler:
         self.pss_at_peak_bytes = 0
         self.peak_by_process: list[dict] = []
         self._processes: list = []
+        self._names: dict[int, str] = {}
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> name, first, last
         self._pss_read_at = self._listed_at = -float("inf")
         self._stop = threading.Event()
@@ -106,6 +107,9 @@ class MemorySampler:
         if time.monotonic() - self._listed_at >= self.list_every:
             self._listed_at = time.monotonic()
             self._processes = process_tree()
+            # named again at each listing: a Ray worker starts as setup_worker.py, then
+            # takes its actor's name
+            self._names = {p.pid: process_name(p) for p in self._processes}
         rss = []
         for process in self._processes:
             try:
@@ -113,14 +117,14 @@ class MemorySampler:
                 cpu = sum(process.cpu_times()[:2])
             except Exception:
                 continue  # a worker that ended between listing and reading
-            name, first, _ = self._cpu.get(process.pid, (process_name(process), cpu, cpu))
-            self._cpu[process.pid] = (name, first, cpu)
+            _, first, _ = self._cpu.get(process.pid, (None, cpu, cpu))
+            self._cpu[process.pid] = (self._names.get(process.pid, "?"), first, cpu)
         total = sum(r for _, r in rss)
         if total <= self.peak_bytes:
             return
         self.peak_bytes, self.peak_processes = total, len(rss)
         self.peak_by_process = [
-            {"name": process_name(p), "rss": r, **resident_kinds(p.pid)} for p, r in rss
+            {"name": self._names.get(p.pid, "?"), "rss": r, **resident_kinds(p.pid)} for p, r in rss
         ]
         if time.monotonic() - self._pss_read_at >= self.pss_every:
             self._pss_read_at = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def megabytes(value: float) -> str:
+    """Bytes as whole megabytes."""
     return f"{value / 1e6:.0f}"
 
 
