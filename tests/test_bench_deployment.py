@@ -77,15 +77,19 @@ def test_a_cold_start_splits_into_parts_that_add_up():
                   "fedper_imports": 0.1, "partition_from_cache": 0.03, "model_build": 0.01,
                   "worker_setup": 0.06},
         "calls": [{"message_seconds": 0.01, "handler_seconds": 1.0, "seconds_data": 0.002,
-                   "seconds_state": 0.01, "seconds_compute": 0.9}],
+                   "seconds_state": 0.01, "seconds_compute": 0.9},
+                  {"message_seconds": 0.01, "handler_seconds": 0.4, "seconds_compute": 0.35}],
     }  # fmt: skip
     parts = split(run)
     assert parts["worker_other"] == pytest.approx(0.02)
     assert parts["handler_other"] == pytest.approx(1.0 - 0.06 - 0.912)
+    # the first call trained 0.55 s longer than the same training warm
+    assert parts["first_call_extra"] == pytest.approx(0.55)
+    assert parts["train_compute_warm"] == pytest.approx(0.35)
     handler = sum(parts[k] for k in ("partition_from_cache", "partition_fingerprint",
                                      "model_build", "initial_model_digest", "worker_other",
                                      "client_data", "head_load_save", "handler_other",
-                                     "train_compute"))  # fmt: skip
+                                     "first_call_extra", "train_compute_warm"))  # fmt: skip
     assert handler == pytest.approx(1.0)
 
 
@@ -99,11 +103,12 @@ def test_a_cold_start_is_measured_in_fresh_processes(tmp_path):
     (tmp_path / "node" / "data").mkdir(parents=True)
     cold = measure_cold_start(spec, node, tmp_path / "cold", repeats=1)
     for key in ("torch_import", "fedper_imports", "partition_from_cache", "model_build",
-                "train_compute"):  # fmt: skip
+                "train_compute_warm"):  # fmt: skip
         assert cold["parts"][key] > 0, key
     assert cold["ours_seconds"] > cold["parts"]["torch_import"]
     assert cold["first_train_call_seconds"] > 0 and cold["warm_train_call_seconds"] > 0
     assert isinstance(cold["heavy_imports"], dict)
+    assert "torch._dynamo" in cold["first_call_imports"]  # torch.optim's first optimizer
     # the node's head is written under its own state-dir
     assert list((tmp_path / "node" / "states").rglob("client_1.pt"))
 

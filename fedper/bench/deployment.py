@@ -202,9 +202,20 @@ def format_deployment(report: dict) -> str:
     lines += [f"  {key:24}{value:8.3f}" for key, value in cold["parts"].items()]
     lines += [
         f"  Python + Flower {cold['python_and_flower_seconds']:.2f} s; ours (torch, fedper, "
-        f"data, model, head, handler; not the training itself) {cold['ours_seconds']:.2f} s "
+        f"data, model, head, handler, first-call extra; not the training itself) {cold['ours_seconds']:.2f} s "
         f"(target {report['targets']['cold_start_seconds_max']} s); first train call "
         f"{cold['first_train_call_seconds']:.2f} s, warm {cold['warm_train_call_seconds']:.2f} s",
+        "  the first train call's extra over the same training warm: "
+        f"{cold['parts']['first_call_extra']:.2f} s; it imported "
+        + (
+            ", ".join(
+                f"{name} ({seconds:.2f} s)"
+                for name, seconds in sorted(
+                    cold["first_call_imports"].items(), key=lambda i: -i[1]
+                )[:3]
+            )
+            or "nothing"
+        ),  # fmt: skip
         "  heavy modules on the client's import path: "
         + (
             ", ".join(
