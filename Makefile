@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Everything but the tests that start Ray, servers or `python -m fedper.main` (CI runs all).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 # On a GPU host, the whole GPU path in one command: the CUDA-only tests (which `make test`
 # skips where no GPU is visible), then the benchmark's GPU preset: a 2-round MobileNet-v1 at
 # 224 px printing the GPU, images/s of the federated run and of the plain loop, and whether
@@ -35,7 +39,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m fedper.bench bench=gpu
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedper tests && $(BIN)/ruff format --check fedper tests
+	$(BIN)/ruff check fedper tests hydra_plugins && $(BIN)/ruff format --check fedper tests hydra_plugins
 
 clean:
 	rm -rf outputs multirun client_states
