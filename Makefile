@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Everything but the tests that start Ray, servers or `python -m fedper.main` (CI runs all).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# On a GPU host, the whole GPU path in one command: the CUDA-only tests (which `make test`
+# skips where no GPU is visible), then the benchmark's GPU preset: a 2-round MobileNet-v1 at
+# 224 px printing the GPU, images/s of the federated run and of the plain loop, and whether
+# bf16 and channels_last were on.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device is visible to torch')"
+	$(BIN)/python -m pytest -q -m cuda -rs
+	$(BIN)/python -m fedper.bench bench=gpu
+
 lint: $(STAMP)
-	$(BIN)/ruff check fedper tests && $(BIN)/ruff format --check fedper tests
+	$(BIN)/ruff check fedper tests hydra_plugins && $(BIN)/ruff format --check fedper tests hydra_plugins
 
 clean:
 	rm -rf outputs multirun client_states

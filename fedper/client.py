@@ -22,10 +22,18 @@ import numpy as np
 import torch
 
 from fedper.algorithms import ALGORITHMS, Algorithm
-from fedper.config import RunSpec, resolve_device, resolve_performance
+from fedper.config import RunSpec
 from fedper.data import ClientData, prepare_dataset
 from fedper.data.federated import load_client_data
 from fedper.data.transforms import BatchTransform
+from fedper.device import (
+    apply_gpu_share,
+    apply_performance,
+    check_gpu_arch,
+    client_device,
+    out_of_memory_error,
+    resolve_performance,
+)
 from fedper.errors import FedPerError, StateFileError
 from fedper.models import ModelSplit, build_model
 from fedper.state import DiskHeadStore, HeadStore, tensors_digest
@@ -92,10 +100,13 @@ class ClientWorker:
         self.spec, self.cfg, self.paths = spec, cfg, paths
         self.algorithm: Algorithm = ALGORITHMS[cfg.algorithm]
         check_folders(paths)
-        self.device = resolve_device(cfg.client_device, "client_device")
-        self.performance = perf = resolve_performance(cfg, self.device)
+        self.device = device = client_device(cfg)
+        if device.type == "cuda":
+            check_gpu_arch(torch.cuda.current_device())  # one line, not "no kernel image" later
+        self.performance = perf = resolve_performance(cfg, device)
         torch.set_num_threads(max(1, int(cfg.client_resources.num_cpus)))
-        torch.backends.cudnn.benchmark = perf.cudnn_benchmark
+        apply_performance(perf)
+        apply_gpu_share(spec.num_gpus, device)  # before the first allocation on the GPU
 
         model = build_model(cfg, seed=cfg.seed)
         if tensors_digest(model.state_dict()) != spec.initial_digest:
@@ -107,9 +118,7 @@ class ClientWorker:
         self.shared_keys = self.algorithm.shared_keys(model, local_bn)
         self.personal_keys = self.algorithm.personal_keys(model, local_bn)
         self.initial = model.state_of(self.personal_keys)
-        self.model: ModelSplit = model.to(self.device)
-        if perf.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model: ModelSplit = model.to(device, memory_format=perf.memory_format)
 
         self.dataset = prepare_dataset(cfg, paths.data_dir)
         if self.dataset.fingerprint() != spec.fingerprint:
@@ -126,6 +135,7 @@ class ClientWorker:
             crop_padding=augment.get("crop_padding", 0),
             flip=augment.get("flip", False),
             channels_last=perf.channels_last,
+            device=device,  # batches are prepared where they train
         )
         self.settings = TrainSettings(
             epochs=cfg.num_epochs,
@@ -199,7 +209,7 @@ class ClientWorker:
             data = self.data(cid)
         with clock("state"):
             model = self.prepare_model(cid, shared, before_round=round_num)
-        with clock("compute"):
+        with clock("compute"), stop_on_out_of_memory(self.cfg):
             if self.algorithm.head_then_base:
                 stats = self.train_head_then_base(model, data, cid, round_num)
             else:
@@ -228,7 +238,7 @@ class ClientWorker:
         # the head trained in this round (or earlier, if the client was not sampled)
         with clock("state"):
             model = self.prepare_model(cid, shared, before_round=round_num + 1)
-        with clock("compute"):
+        with clock("compute"), stop_on_out_of_memory(self.cfg):
             if self.algorithm.finetune_head and self.cfg.finetune_epochs > 0:
                 self.finetune_head(model, data, cid, round_num)
             batch, dtype = self.cfg.batch_size, self.settings.autocast_dtype
@@ -284,6 +294,19 @@ class ClientWorker:
         """
         generator = self.generator(cid, round_num, phase=1)
         self.train_only(model, data, "head", self.cfg.finetune_epochs, generator)
+
+
+@contextmanager
+def stop_on_out_of_memory(cfg) -> Iterator[None]:
+    """A CUDA out-of-memory error stops the run with what to change, instead of being
+    tolerated as one failed client round after round."""
+    try:
+        yield
+    except Exception as error:
+        stop = out_of_memory_error(error, cfg)
+        if stop is None:
+            raise
+        raise ClientSetupError(str(stop)) from None
 
 
 def check_folders(paths: NodePaths) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedper.client import ClientWorker, NodePaths, worker_for
+from fedper.client import ClientSetupError, ClientWorker, NodePaths, worker_for
 from fedper.config import SPEC_KEY, RunSpec
 from fedper.errors import FedPerError
 
@@ -79,19 +79,30 @@ def introduce(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
-    try:
-        runner, cid, round_num = worker(msg, context)
-    except FedPerError as error:  # set-up problems stop the run; training ones do not
-        return fatal(msg, context, error)
-    result = runner.train(cid, round_num, shared_arrays(msg))
-    return reply(msg, {**result.metrics, "cid": cid}, ArrayRecord(result.shared))
+    def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
+        result = runner.train(cid, round_num, shared_arrays(msg))
+        return reply(msg, {**result.metrics, "cid": cid}, ArrayRecord(result.shared))
+
+    return handle(msg, context, work)
 
 
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
+    def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
+        metrics = runner.evaluate(cid, round_num, shared_arrays(msg))
+        return reply(msg, {**metrics, "cid": cid})
+
+    return handle(msg, context, work)
+
+
+def handle(msg: Message, context: Context, work) -> Message:
+    """Set-up problems and errors that no round can fix (out of GPU memory) stop the run;
+    anything else in the work is an ordinary client failure, recorded for the round."""
     try:
         runner, cid, round_num = worker(msg, context)
-    except FedPerError as error:  # set-up problems stop the run; training ones do not
+    except FedPerError as error:
         return fatal(msg, context, error)
-    metrics = runner.evaluate(cid, round_num, shared_arrays(msg))
-    return reply(msg, {**metrics, "cid": cid})
+    try:
+        return work(runner, cid, round_num)
+    except ClientSetupError as error:
+        return fatal(msg, context, error)

@@ -9,73 +9,22 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fedper.device import (  # noqa: F401  (re-exported for the apps)
+    Performance,
+    check_performance,
+    gpu_share,
+    resolve_device,
+    resolve_num_gpus,
+    resolve_performance,
+)
 from fedper.errors import ConfigError
-from fedper.validation import check, validate_config  # noqa: F401 (imported from here)
+from fedper.validation import validate_config  # noqa: F401 (imported from here)
 
 # The key under which the run's settings (a RunSpec as JSON) travel: in every message's
 # ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
 SPEC_KEY = "fedper-spec"
-
-
-def resolve_device(name: str, key: str = "device") -> torch.device:
-    """`auto` means CUDA when present; asking for CUDA without it is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"{key}={name} is not a device: use auto, cpu or cuda[:N]") from None
-    check(
-        device.type != "cuda" or torch.cuda.is_available(),
-        f"{key}={name} but no CUDA device is visible: use {key}=auto or cpu",
-    )
-    return device
-
-
-def resolve_num_gpus(value) -> float:
-    """GPU share per client: `auto` is one GPU each when CUDA is present, else none."""
-    if value == "auto":
-        return 1.0 if torch.cuda.is_available() else 0.0
-    check(
-        isinstance(value, (int, float)) and value >= 0,
-        f"client_resources.num_gpus={value} must be auto or a number >= 0 (0.5 = two per GPU)",
-    )
-    check(
-        value == 0 or torch.cuda.is_available(),
-        f"client_resources.num_gpus={value} but no CUDA device is visible: use 0 or auto",
-    )
-    return float(value)
-
-
-@dataclass(frozen=True)
-class Performance:
-    """The GPU-path switches, resolved for one training device."""
-
-    data_device: torch.device
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    cudnn_benchmark: bool
-
-
-def resolve_performance(cfg: DictConfig, device: torch.device) -> Performance:
-    """`auto` means on when training on CUDA, off on the CPU."""
-    perf = cfg.performance
-    on_cuda = device.type == "cuda"
-    if perf.autocast == "auto":
-        bf16 = on_cuda and torch.cuda.is_bf16_supported()
-        autocast_dtype = torch.bfloat16 if bf16 else None
-    else:
-        autocast_dtype = torch.bfloat16 if perf.autocast == "bf16" else None
-    channels_last = on_cuda if perf.channels_last == "auto" else bool(perf.channels_last)
-    return Performance(
-        data_device=device if perf.data_on_device else torch.device("cpu"),
-        autocast_dtype=autocast_dtype,
-        channels_last=channels_last,
-        cudnn_benchmark=on_cuda and bool(perf.cudnn_benchmark),
-    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +93,7 @@ def derive_run_spec(
         run_dir=str(Path(run_dir).resolve()),
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()),
         state_dir=str(Path(cfg.state_dir).expanduser().resolve()),
-        num_gpus=resolve_num_gpus(cfg.client_resources.num_gpus),
+        num_gpus=gpu_share(cfg),
         fingerprint=fingerprint,
         initial_digest=initial_digest,
     )

@@ -145,7 +145,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work."""
-    from fedper.config import resolve_device, resolve_num_gpus
+    from fedper.device import check_performance, resolve_device, resolve_num_gpus
     from fedper.data import DATASETS
     from fedper.models import MODELS
 
@@ -173,11 +173,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     validate_dataset(cfg)
-    perf = cfg.performance
-    check_bool("performance.data_on_device", perf.data_on_device)
-    check_choice("performance.autocast", perf.autocast, ["auto", "bf16", "off"])
-    check_choice("performance.channels_last", perf.channels_last, ["auto", True, False])
-    check_bool("performance.cudnn_benchmark", perf.cudnn_benchmark)
+    check_performance(cfg)  # the device module's switches
     for key in ("server_device", "client_device"):
         resolve_device(cfg[key], key)
     cpus = cfg.client_resources.num_cpus

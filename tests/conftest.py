@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # a model and run small enough for CPU tests
 TINY = [
+    "client_device=cpu",  # exact-equality checks assume CPU numerics, also on a CUDA machine
     "model.width_multiplier=0.25",
     "num_rounds=2",
     "num_epochs=1",

@@ -235,3 +235,14 @@ def test_in_process_run_matches_itself_and_records_provenance(tmp_path):
     versions, code = a.header["versions"], a.header["code_version"]
     assert torch.__version__.startswith(versions["torch"]) and versions["flwr"] and versions["ray"]
     assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool)  # this is a git checkout
+
+
+def test_a_client_out_of_gpu_memory_stops_the_run_with_what_to_change(tmp_path, monkeypatch):
+    plan = plan_local(tmp_path)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(client, "train", out_of_memory)
+    with pytest.raises(FedPerError, match="ran out of GPU memory .*use a smaller batch_size"):
+        run_local(plan)

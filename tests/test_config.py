@@ -32,7 +32,7 @@ from fedper.errors import ConfigError
         ("finetune_epochs=-1", "finetune_epochs=-1 is out of range: use a whole number >= 0"),
         ("min_successful_clients=0", "min_successful_clients=0 is out of range for clients_per_round=10: use 1-10"),
         ("model.width_multiplier=0", "model.width_multiplier=0 is out of range: use a number > 0"),
-        ("performance.data_on_device=maybe", "performance.data_on_device=maybe is not true or false: use true or false"),
+        ("performance.data_on_device=maybe", "performance.data_on_device=maybe must be true or false"),
         ("dataset.download=yes", "dataset.download=yes is not true or false: use true or false"),
         ("dataset.fraction=1", "dataset.fraction=1 is out of range: use a number strictly between 0 and 1"),
         ("debug.fail_phase=fit", "debug.fail_phase=fit is unknown: use one of train, evaluate"),

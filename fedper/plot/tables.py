@@ -68,7 +68,8 @@ def summary_markdown(summary: pd.DataFrame, split: str = "test") -> str:
     """
     keys = [c for c in summary.columns if c not in SUMMARY_NUMBERS]
     header = [COLUMN_TITLES.get(k, k) for k in keys] + ["seeds"]
-    header += [MEASURE_TITLES[m] for m in MEASURES] + ["partial rounds"]
+    titles = MEASURE_TITLES if split == "test" else {**MEASURE_TITLES, "best_val_test": "best val"}
+    header += [titles[m] for m in MEASURES] + ["partial rounds"]
     # an interrupted sweep: say how far its shortest run got
     unfinished = "num_rounds" in summary and (summary["rounds_done"] < summary["num_rounds"]).any()
     if unfinished:

@@ -1,0 +1,44 @@
+"""`python -m fedper.bench [overrides]`: the benchmark preset (conf/bench.yaml), or
+`bench=gpu` (the GPU check) and `bench=deployment` (the Deployment Engine's cost)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fedper.bench.settings import BenchSettings
+from fedper.errors import FedPerError
+
+
+def run(cfg: DictConfig, run_dir: str) -> str:
+    """Run the configured mode; return what the console shows."""
+    settings = BenchSettings.from_config(cfg)
+    if settings.mode == "deployment":
+        from fedper.bench.deployment import format_deployment, run_deployment_bench
+
+        return format_deployment(run_deployment_bench(cfg, run_dir))
+    if settings.mode == "gpu_check":
+        from fedper.bench.gpu import skip_reason
+
+        if reason := skip_reason():
+            return reason
+    from fedper.bench.federated import run_benchmark
+    from fedper.bench.table import format_table
+
+    return format_table(run_benchmark(cfg, run_dir))
+
+
+@hydra.main(config_path="../../conf", config_name="bench", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        print(run(cfg, HydraConfig.get().runtime.output_dir))
+    except FedPerError as error:
+        print(f"fedper.bench: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""What Flower's Deployment Engine costs: the same small run on real SuperNodes and in the
+simulation (per-round seconds of each, interleaved), a ClientApp's cold start split into
+parts, and Flower's own polling intervals, read from the installed Flower."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import textwrap
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedper.bench.federation import Federation
+from fedper.bench.report import mean, round_cost, steady
+from fedper.bench.settings import BENCH_JSON, TARGETS, BenchSettings
+from fedper.bench.startup import measure_cold_start
+from fedper.config import validate_config
+from fedper.errors import ConfigError
+from fedper.experiment import PROJECT_ROOT, plan_run, run_experiment
+from fedper.state import write_text_atomic
+
+# where Flower waits between polls (functions whose `sleep(<seconds>)` calls are read)
+FLOWER_SLEEPS = (
+    ("flwr.supernode.start_client_internal", "start_client_internal",
+     "a SuperNode without messages waits this long before asking the SuperLink again"),
+    ("flwr.supernode.start_client_internal", "_push_messages",
+     "a SuperNode checks this often whether its ClientApp process has replied"),
+    ("flwr.supercore.app_utils", "start_parent_process_monitor",
+     "app processes check this often that their parent still runs (not on the path)"),
+)  # fmt: skip
+
+
+def sleeps_in(module: str, function: str) -> list[float]:
+    """The constant seconds of every `sleep(...)` call in a function's source."""
+    source = textwrap.dedent(inspect.getsource(getattr(importlib.import_module(module), function)))
+    return sorted({
+        node.args[0].value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) == "sleep"
+    })  # fmt: skip
+
+
+def flower_polling() -> list[dict]:
+    """Flower's polling intervals on a message's way (Flower's, so reported, not changed)."""
+    out = []
+    for module, function, what in FLOWER_SLEEPS:
+        try:
+            seconds = sleeps_in(module, function)
+        except (ImportError, AttributeError, OSError, TypeError):
+            seconds = []  # another Flower version moved it
+        out.append({"where": f"{module}.{function}", "seconds": seconds, "what": what})
+    from flwr.supercore.superexec import run_superexec
+
+    out.append({
+        "where": "flwr.supercore.superexec.run_superexec",
+        "seconds": [run_superexec._get_task_poll_interval()],
+        "what": "a SuperExec asks for a task (a ClientApp or ServerApp process to start) this "
+        "often; FLWR_SUPEREXEC_TASK_POLL_INTERVAL changes it",
+    })  # fmt: skip
+    from fedper.server_app import POLL_SECONDS
+
+    out.append({"where": "fedper.server_app.POLL_SECONDS", "seconds": [POLL_SECONDS],
+                "what": "the ServerApp checks for replies this often (fedper's own)"})  # fmt: skip
+    return out
+
+
+def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
+    """The config with its engine group switched, as `engine=<name> engine.<key>=...` would."""
+    engine = OmegaConf.merge(OmegaConf.load(PROJECT_ROOT / "conf" / "engine" / f"{name}.yaml"),
+                             values)  # fmt: skip
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.engine = engine
+    return out
+
+
+def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """Later rounds, per phase: its wall seconds, the seconds one client spent inside the
+    ClientApp's handler (data, head, compute; its mean over clients), and the rest: getting
+    the message to a ready ClientApp and the reply back (for deployment: polling, a fresh
+    process, imports and set-up)."""
+    out = {}
+    for phase, count in (("train", lambda r: len(r["trained_clients"])),
+                         ("evaluate", lambda r: r["clients_ok"])):  # fmt: skip
+        later = steady(rounds)
+        wall = mean([r["timing"][f"{phase}_wall"] for r in later])
+        inside = mean([sum(r["timing"][f"{phase}_clients"].values()) / max(count(r), 1)
+                       for r in later])  # fmt: skip
+        out[phase] = {"wall": wall, "inside_handler": inside, "outside_handler": wall - inside}
+    return out
+
+
+def timed_run(cfg: DictConfig, run_dir: Path) -> dict:
+    """One run through `run_experiment`, its wall seconds and per-round seconds."""
+    started = time.perf_counter()
+    results = run_experiment(cfg, run_dir)
+    rounds = results["rounds"]
+    return {
+        "run_dir": str(run_dir),
+        "wall_seconds": time.perf_counter() - started,
+        "round_seconds": [round_cost(entry) for entry in rounds],
+        "phases": phase_split(rounds),
+        "per_client": [entry["per_client"] for entry in rounds],
+    }
+
+
+def engine_summary(runs: list[dict]) -> dict:
+    """One engine's runs, averaged (round 1 apart: it builds caches and starts processes)."""
+    return {
+        "first_round_seconds": mean([run["round_seconds"][0] for run in runs]),
+        "round_seconds_after_first": mean(
+            [s for run in runs for s in steady(run["round_seconds"])]
+        ),
+        "wall_seconds": mean([run["wall_seconds"] for run in runs]),
+        "phases": {
+            phase: {key: mean([run["phases"][phase][key] for run in runs]) for key in parts}
+            for phase, parts in runs[0]["phases"].items()
+        },
+        "runs": runs,
+    }
+
+
+def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Cold start first (nothing else of ours running), then simulation and deployment runs
+    in turn; writes bench.json."""
+    validate_config(cfg)
+    settings = BenchSettings.from_config(cfg)
+    run_dir = Path(run_dir)
+    if (run_dir / BENCH_JSON).exists():
+        raise ConfigError(f"{run_dir} already holds a benchmark: give it a new hydra.run.dir")
+    simulation = with_engine(cfg, "simulation")
+    folder = run_dir / "cold_start"
+    node_config = {"partition-id": 0, "num-partitions": cfg.num_clients,
+                   "data-dir": str(folder / "node" / "data"),
+                   "state-dir": str(folder / "node" / "states")}  # fmt: skip
+    Path(node_config["data-dir"]).mkdir(parents=True, exist_ok=True)
+    spec = plan_run(simulation, folder / "run").spec
+    cold = measure_cold_start(spec, node_config, folder, settings.cold_starts)
+
+    runs: dict[str, list[dict]] = {"simulation": [], "deployment": []}
+    with Federation(run_dir / "federation", cfg.num_clients, settings.start_timeout) as fed:
+        deployment = with_engine(cfg, "deployment", superlink=fed.superlink)
+        for repeat in range(1, settings.repeats + 1):
+            for name, engine_cfg in (("simulation", simulation), ("deployment", deployment)):
+                runs[name].append(timed_run(engine_cfg, run_dir / f"{name}-{repeat}"))
+    engines = {name: engine_summary(engine_runs) for name, engine_runs in runs.items()}
+    report = {
+        "scenario": {"dataset": cfg.dataset.name, "model": cfg.model_name,
+                     "width_multiplier": cfg.model.get("width_multiplier"),
+                     "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
+                     "num_epochs": cfg.num_epochs, "batch_size": cfg.batch_size,
+                     "repeats": settings.repeats},  # fmt: skip
+        "engines": engines,
+        "ratio_deployment_over_simulation": engines["deployment"]["round_seconds_after_first"]
+        / engines["simulation"]["round_seconds_after_first"],
+        "same_per_client_metrics": all(
+            sim["per_client"] == dep["per_client"]
+            for sim, dep in zip(runs["simulation"], runs["deployment"], strict=True)
+        ),
+        "cold_start": cold,
+        "flower_polling": flower_polling(),
+        "targets": {"cold_start_seconds_max": TARGETS["cold_start_seconds_max"],
+                    "cold_start_met": cold["ours_seconds"] <= TARGETS["cold_start_seconds_max"]},
+        "settings": asdict(settings),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }  # fmt: skip
+    write_text_atomic(run_dir / BENCH_JSON, json.dumps(report, indent=1))
+    return report
+
+
+def format_deployment(report: dict) -> str:
+    """The Deployment Engine's cost on the console."""
+    scen, engines, cold = report["scenario"], report["engines"], report["cold_start"]
+    lines = [
+        f"{scen['dataset']} · {scen['model']} x{scen['width_multiplier']}: {scen['num_clients']} "
+        f"clients, {scen['num_rounds']} rounds of {scen['num_epochs']} epoch(s), batch "
+        f"{scen['batch_size']}; {scen['repeats']} run(s) per engine, interleaved",
+        "",
+        f"{'engine':14}{'round 1 (s)':>12}{'later rounds (s)':>18}{'run (s)':>10}",
+    ]
+    for name, part in engines.items():
+        lines.append(f"{name:14}{part['first_round_seconds']:12.2f}"
+                     f"{part['round_seconds_after_first']:18.2f}{part['wall_seconds']:10.1f}")  # fmt: skip
+    lines.append("per phase, later rounds (s): wall = inside the ClientApp's handler (one "
+                 "client) + outside it (messaging; for deployment also polling, a fresh process, "
+                 "imports and set-up)")  # fmt: skip
+    for name, part in engines.items():
+        lines.append(f"  {name:12}" + "; ".join(
+            f"{phase} {p['wall']:.2f} = {p['inside_handler']:.2f} + {p['outside_handler']:.2f}"
+            for phase, p in part["phases"].items()))  # fmt: skip
+    lines += [
+        f"deployment / simulation, later rounds: {report['ratio_deployment_over_simulation']:.1f}x"
+        f"; same per-client metrics: {report['same_per_client_metrics']}",
+        "",
+        f"ClientApp cold start (median of {cold['repeats']} fresh processes, s):",
+    ]
+    lines += [f"  {key:24}{value:8.3f}" for key, value in cold["parts"].items()]
+    lines += [
+        f"  Python + Flower {cold['python_and_flower_seconds']:.2f} s; ours (torch, fedper, "
+        f"data, model, head, handler, first-call extra; not the training itself) {cold['ours_seconds']:.2f} s "
+        f"(target {report['targets']['cold_start_seconds_max']} s); first train call "
+        f"{cold['first_train_call_seconds']:.2f} s, warm {cold['warm_train_call_seconds']:.2f} s",
+        "  the first train call's extra over the same training warm: "
+        f"{cold['parts']['first_call_extra']:.2f} s; it imported "
+        + (
+            ", ".join(
+                f"{name} ({seconds:.2f} s)"
+                for name, seconds in sorted(
+                    cold["first_call_imports"].items(), key=lambda i: -i[1]
+                )[:3]
+            )
+            or "nothing"
+        ),  # fmt: skip
+        "  heavy modules on the client's import path: "
+        + (
+            ", ".join(
+                f"{name} ({' <- '.join(reversed(found['chain']))})"
+                for name, found in cold["heavy_imports"].items()
+            )
+            or "none"
+        ),  # fmt: skip
+        "",
+        "polling on a message's way (s):",
+    ]
+    lines += [f"  {p['seconds']} {p['where']}: {p['what']}" for p in report["flower_polling"]]
+    lines.append("timings come from a machine that may be shared: compare them within one run")
+    return "\n".join(lines)
