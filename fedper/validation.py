@@ -145,8 +145,8 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work."""
-    from fedper.device import check_performance, resolve_device, resolve_num_gpus
     from fedper.data import DATASETS
+    from fedper.device import check_performance, resolve_device, resolve_num_gpus
     from fedper.models import MODELS
 
     check_choice("algorithm", cfg.algorithm, list(ALGORITHMS))
