@@ -8,7 +8,6 @@ folder, removed afterwards) and never joins another; `engine=ray` joins the clus
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -26,7 +25,8 @@ from pathlib import Path
 from fedper.config import RunPlan
 from fedper.device import check_gpu_setup
 from fedper.errors import FedPerError
-from fedper.interrupts import INTERRUPTS, quiet_ray_signals, ray_starting
+from fedper.interrupts import INTERRUPTS
+from fedper.ray_local import quiet_ray_signals, ray_starting, ray_temp_dir
 
 log = logging.getLogger("fedper")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -128,42 +128,6 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
             os.close(owner)
         if saved_address is not None:
             os.environ["RAY_ADDRESS"] = saved_address
-
-
-RAY_TEMP_PREFIX = "fedper-ray-"
-OWNER_LOCK = "fedper-owner.lock"
-
-
-def ray_temp_dir() -> tuple[Path, int]:
-    """A temp folder for this run's Ray session, and the descriptor of the lock that marks it
-    as in use; folders whose owner died (SIGKILL) are removed first.
-
-    The folder gets its final name only once its lock is held, so a sweep by a run starting at
-    the same moment never mistakes it for a dead one.
-    """
-    sweep_ray_temp_dirs()
-    staging = Path(tempfile.mkdtemp(prefix=f".{RAY_TEMP_PREFIX}new-"))
-    owner = os.open(staging / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(owner, fcntl.LOCK_EX)
-    final = staging.with_name(RAY_TEMP_PREFIX + staging.name.rpartition("-")[2])
-    os.rename(staging, final)
-    return final, owner
-
-
-def sweep_ray_temp_dirs() -> None:
-    """Remove the Ray temp folders of fedper runs that ended without cleaning up (killed)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{RAY_TEMP_PREFIX}*"):
-        try:
-            fd = os.open(folder / OWNER_LOCK, os.O_RDWR)
-        except OSError:
-            continue  # not a folder of this fedper version, or someone else's
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its run is alive
-        finally:
-            os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop_unused_ray_helpers() -> None:
