@@ -79,8 +79,8 @@ def expand_jobs(
 
     The sweep is the union over `grids` of cartesian products of `params`, the grid and the
     command-line `arguments` (for a key given twice the later wins, as with Hydra's basic
-    sweeper). Then, in this order: unless the arguments sweep `seed`, each setting runs with
-    `seeds` seeds from `first_seed` on; `only` keeps the listed values of a key in the grids
+    sweeper). Then, in this order: unless the arguments sweep `seed` or the grid sets it, each
+    setting runs with `seeds` seeds from `first_seed` on; `only` keeps the listed values of a key in the grids
     that set it (a grid without the key is untouched: FedAvg's reference run has no head
     count to filter); `tied` adds the settings that go with a value (e.g. a model's rounds at
     CPU scale) unless the arguments set them. Jobs listed twice are run once.
@@ -101,7 +101,7 @@ def expand_jobs(
                 values[key] = list(override.sweep_string_iterator())
             else:
                 values[key] = [override.get_value_element_as_str()]
-        if seeds and not cli_sweeps_seed:
+        if seeds and not cli_sweeps_seed and "seed" not in figure_keys:
             values.pop("seed", None)
             values["seed"] = [str(seed) for seed in range(first_seed, first_seed + seeds)]
         for key, allowed in (only or {}).items():

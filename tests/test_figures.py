@@ -64,6 +64,12 @@ def test_command_line_overrides_win_and_a_seed_sweep_replaces_the_seed_count() -
     assert [job["seed"] for job in jobs] == ["7", "8", "9"]
 
 
+def test_a_grid_that_sets_its_own_seed_keeps_it() -> None:
+    grids = [{"a": "1", "seed": "1001"}, {"a": "2", "seed": "1002"}, {"a": "3"}]
+    jobs = as_dicts(expand_jobs({}, grids, [], seeds=1, first_seed=42))
+    assert [(job["a"], job["seed"]) for job in jobs] == [("1", "1001"), ("2", "1002"), ("3", "42")]
+
+
 def test_only_filters_the_grids_that_set_the_key() -> None:
     only = {"model.num_head_layers": [1], "model_name": ["resnet"]}
     jobs = as_dicts(expand_jobs({}, FIG4_GRIDS, [], only=only))
