@@ -22,6 +22,27 @@ from fedper.device import (  # noqa: F401  (re-exported for the apps)
 from fedper.errors import ConfigError
 from fedper.validation import validate_config  # noqa: F401 (imported from here)
 
+# Keys that say where and on what hardware a run runs, not what it computes. A run continued
+# (or resumed) with other values of these is the same run; plots group runs that differ only
+# in these, the seed and the folders as repeats of one setting.
+PLACEMENT_KEYS = ("server_device", "client_device")
+PLACEMENT_GROUPS = ("engine", "client_resources", "performance")
+
+
+def is_placement(key: str) -> bool:
+    """`key` (dotted) only says where or on what hardware the run runs."""
+    return key in PLACEMENT_KEYS or key.split(".", 1)[0] in PLACEMENT_GROUPS
+
+
+def without_placement(settings: dict) -> dict:
+    """A run's settings without the keys that only say where it runs."""
+    return {
+        key: value
+        for key, value in settings.items()
+        if key not in PLACEMENT_KEYS and key not in PLACEMENT_GROUPS
+    }
+
+
 # The key under which the run's settings (a RunSpec as JSON) travel: in every message's
 # ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
 SPEC_KEY = "fedper-spec"

@@ -19,7 +19,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fedper.commit import RoundCommit, committed_round
-from fedper.config import RunPlan, derive_run_spec, new_run_id, validate_config
+from fedper.config import (
+    RunPlan,
+    derive_run_spec,
+    is_placement,
+    new_run_id,
+    validate_config,
+    without_placement,
+)
 from fedper.data import prepare_dataset
 from fedper.errors import ConfigError, Interrupted
 from fedper.interrupts import signals_interrupt
@@ -78,10 +85,15 @@ def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> 
         key = override.lstrip("+~").partition("=")[0]
         if key == "resume" or key.startswith(("hydra.", "hydra/")):
             continue
+        if is_placement(key.replace("/", ".")):  # where it runs: the engine, devices, resources
+            group = key.replace("/", ".").split(".", 1)[0]
+            settings[group] = OmegaConf.to_container(cfg, resolve=True)[group]
+            continue
         if key != "num_rounds":
             raise ConfigError(
                 f"resume={run_dir} continues a run with its own settings, and {override} would "
-                "change them: only num_rounds may be raised; start a new run for other settings"
+                "change them: only num_rounds may be raised (and where it runs: engine, "
+                "devices, client_resources, performance); start a new run for other settings"
             )
         rounds = cfg.num_rounds
         if isinstance(rounds, int) and not isinstance(rounds, bool):
@@ -98,12 +110,13 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory that holds a run with other settings, rather than mixing two runs."""
     settings = settings_of(cfg)
     if (run_dir / CONFIG_FILE).exists():
-        saved = saved_settings(run_dir)
-        if saved != settings:
+        # where it runs may change between legs (e.g. a sweep continued with other --jobs)
+        saved = without_placement(saved_settings(run_dir))
+        if saved != without_placement(settings):
             raise ConfigError(
                 f"{run_dir} holds a run with other settings "
-                f"({first_difference(saved, settings)}): choose another hydra.run.dir, "
-                f"or continue that run with resume={run_dir}"
+                f"({first_difference(saved, without_placement(settings))}): choose another "
+                f"hydra.run.dir, or continue that run with resume={run_dir}"
             )
     else:
         save_settings(run_dir, settings)

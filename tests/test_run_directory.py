@@ -182,7 +182,8 @@ def test_resume_refuses_any_override_but_a_higher_num_rounds(finished):
         resume(run_dir, ["num_rounds=3", "learning_rate=0.5"], engine=no_engine)
     assert str(error.value) == (
         f"resume={run_dir} continues a run with its own settings, and learning_rate=0.5 would "
-        "change them: only num_rounds may be raised; start a new run for other settings"
+        "change them: only num_rounds may be raised (and where it runs: engine, devices, "
+        "client_resources, performance); start a new run for other settings"
     )
     with pytest.raises(ConfigError) as error:
         resume(run_dir, ["num_rounds=1"], engine=no_engine)
@@ -288,3 +289,15 @@ def test_a_complete_run_is_not_run_again(finished, caplog):
     assert (
         again == results and f"{root / 'run'} is complete (2 rounds): nothing to run" in caplog.text
     )
+
+
+def test_where_a_run_runs_may_change_between_legs_and_on_resume(tmp_path):
+    first = start(tmp_path, ["num_rounds=1", "engine.num_cpus=1"])
+    # the same command with another CPU share (a sweep continued with other --jobs) continues
+    second = start(tmp_path, ["num_rounds=1", "client_resources.num_cpus=2"])
+    assert comparable(second) == comparable(first)
+    # resume may move it (engine, devices, resources) and raise num_rounds, nothing else
+    resumed = resume(tmp_path / "run", ["num_rounds=2", "engine.num_cpus=2"])
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2]
+    with pytest.raises(ConfigError, match="learning_rate=0.5 would change them"):
+        resume(tmp_path / "run", ["learning_rate=0.5"], engine=no_engine)

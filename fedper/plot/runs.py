@@ -10,26 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedper.config import is_placement
 from fedper.errors import FedPerError
 from fedper.results import RESULTS_JSON
 
 log = logging.getLogger("fedper.plot")
 
-# Keys that say where or on what hardware a run ran, not what it computed: runs that differ
-# only in these and in the seed are repeats of one setting.
-IGNORED_KEYS = frozenset(
-    {
-        "seed",
-        "dataset.seed",
-        "data_dir",
-        "state_dir",
-        "dataset.download",
-        "server_device",
-        "client_device",
-    }
-)
-# hardware and engine choices (how a run ran, not what it computed)
-IGNORED_PREFIXES = ("client_resources.", "performance.", "engine.")
+# Runs that differ only in where they ran (fedper.config.is_placement), their seed and their
+# folders are repeats of one setting.
+IGNORED_KEYS = frozenset({"seed", "dataset.seed", "data_dir", "state_dir", "dataset.download"})
 # Columns of the long runs table that are bookkeeping, not part of a setting.
 RUN_COLUMNS = ("run", "setting", "seed", "round", "accuracy", "val_accuracy", "partial")
 
@@ -75,7 +64,7 @@ def setting_from_config(config: dict) -> dict[str, object]:
     return {
         key: value
         for key, value in flatten(config).items()
-        if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
+        if key not in IGNORED_KEYS and not is_placement(key)
     }
 
 
