@@ -36,6 +36,7 @@ from fedper.device import (
 )
 from fedper.errors import FedPerError, StateFileError
 from fedper.models import ModelSplit, build_model
+from fedper.rundir import RUN_ID_PATTERN
 from fedper.state import DiskHeadStore, HeadStore, tensors_digest
 from fedper.training import TrainSettings, evaluate, train
 
@@ -97,6 +98,8 @@ class ClientWorker:
 
     def __init__(self, spec: RunSpec, paths: NodePaths, store: HeadStore | None = None) -> None:
         cfg = spec.cfg
+        if not RUN_ID_PATTERN.fullmatch(spec.run_id):  # it names a folder under state_dir
+            raise ClientSetupError(f"run id {spec.run_id!r} in the message is not a fedper run id")
         self.spec, self.cfg, self.paths = spec, cfg, paths
         self.algorithm: Algorithm = ALGORITHMS[cfg.algorithm]
         check_folders(paths)

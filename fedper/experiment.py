@@ -28,6 +28,7 @@ from fedper.config import (
     without_placement,
 )
 from fedper.data import prepare_dataset
+from fedper.device import client_device, describe, describe_line, resolve_performance
 from fedper.errors import ConfigError, Interrupted
 from fedper.interrupts import signals_interrupt
 from fedper.models import build_model
@@ -171,23 +172,23 @@ def plan_run(cfg: DictConfig, run_dir: str | Path) -> RunPlan:
         "partition_fingerprint": spec.fingerprint,
         "code_version": code_version(),
         "versions": library_versions(),
+        # what the clients compute with, as this machine resolves it (a SuperNode of the
+        # Deployment Engine resolves `auto` on its own hardware)
+        "device": describe(resolve_performance(cfg, client_device(cfg)), spec.num_gpus),
     }
     return RunPlan(spec, header)
 
 
-def plan_from_run_config(run_config, flower_run_id: int) -> RunPlan:
-    """A `flwr run` ServerApp's plan: the one fedper.main sent, or one made from
-    `preset` and `overrides` (Hydra overrides, space-separated) in the run config."""
-    plan = RunPlan.from_run_config(run_config)
-    if plan is not None:
-        return plan
+def config_from_run_config(run_config, flower_run_id: int) -> tuple[DictConfig, Path]:
+    """A plain `flwr run`'s settings: `preset` and `overrides` (Hydra overrides, space-separated)
+    from the run config, composed from this app's conf/, and where the run directory goes."""
     from hydra import compose, initialize_config_dir
 
     overrides = str(run_config.get("overrides") or "").split()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base=None):
         cfg = compose(str(run_config.get("preset") or "base"), overrides=overrides)
     run_dir = str(run_config.get("run-dir") or "") or f"outputs/flwr-run-{flower_run_id}"
-    return plan_run(cfg, run_dir)
+    return cfg, Path(run_dir).expanduser().resolve()
 
 
 def run_experiment(
@@ -229,6 +230,7 @@ def run_experiment(
                 cfg.num_rounds, cfg.engine.name, run_dir,
                 f" (continuing after round {done})" if done else "",
             )  # fmt: skip
+            log.info(describe_line(plan.header["device"]))
             (engine or run_on_engine)(plan)
         except KeyboardInterrupt:
             raise interrupted(run_dir, cfg.num_rounds) from None

@@ -23,6 +23,7 @@ from fedper.commit import RoundCommit
 from fedper.config import SPEC_KEY, RunPlan
 from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
+from fedper.rundir import RunLock
 from fedper.strategy import FedPerStrategy, record_bytes, round_entry
 
 log = logging.getLogger("fedper")
@@ -34,12 +35,19 @@ ERROR_PREFIX = "fedper: error: "  # how the ServerApp's one-line errors reach th
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """`flwr run`: the plan comes from the run config (fedper.main) or is made here."""
-    from fedper.experiment import plan_from_run_config
+    """`flwr run`: the plan comes from the run config (python -m fedper.main, which holds the
+    run directory) or, for a plain `flwr run`, is made here, holding the run directory."""
+    from fedper.experiment import config_from_run_config, plan_run
 
     console_logging()
     try:
-        run_server(grid, plan_from_run_config(context.run_config, context.run_id))
+        plan = RunPlan.from_run_config(context.run_config)
+        if plan is not None:
+            run_server(grid, plan)
+            return
+        cfg, run_dir = config_from_run_config(context.run_config, context.run_id)
+        with RunLock(run_dir):
+            run_server(grid, plan_run(cfg, run_dir))
     except FedPerError as error:
         # one line for the console; raising lets Flower mark the run failed and send its logs
         log.error("%s%s", ERROR_PREFIX, error)

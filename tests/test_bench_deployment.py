@@ -108,7 +108,8 @@ def test_a_cold_start_is_measured_in_fresh_processes(tmp_path):
     assert cold["ours_seconds"] > cold["parts"]["torch_import"]
     assert cold["first_train_call_seconds"] > 0 and cold["warm_train_call_seconds"] > 0
     assert isinstance(cold["heavy_imports"], dict)
-    assert "torch._dynamo" in cold["first_call_imports"]  # torch.optim's first optimizer
+    # the training step uses torch's functional SGD: the first call imports no torch._dynamo
+    assert "torch._dynamo" not in cold["first_call_imports"]
     # the node's head is written under its own state-dir
     assert list((tmp_path / "node" / "states").rglob("client_1.pt"))
 

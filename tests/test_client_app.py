@@ -246,3 +246,16 @@ def test_a_client_out_of_gpu_memory_stops_the_run_with_what_to_change(tmp_path, 
     monkeypatch.setattr(client, "train", out_of_memory)
     with pytest.raises(FedPerError, match="ran out of GPU memory .*use a smaller batch_size"):
         run_local(plan)
+
+
+def test_a_run_id_that_is_not_one_never_names_a_folder(tmp_path):
+    plan = plan_local(tmp_path)
+    hostile = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, run_id="../../x"))
+    assert "is not a fedper run id" in fatal_reason(Node(hostile, 0).introduce())
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_results_record_the_device_the_clients_compute_with(tmp_path):
+    results = run_local(plan_local(tmp_path, ["num_rounds=1"]))
+    assert results.header["device"]["device"] == "cpu"
+    assert results.header["device"]["layout"] == "channels_last"  # MobileNet-v1 on the CPU

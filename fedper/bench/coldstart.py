@@ -97,7 +97,7 @@ def measure(request: dict) -> dict:
         if round_num == 1:
             first_calls = dict(timers.seconds)
             late = set(sys.modules) - before
-    # what the first call imported (e.g. torch.optim's first optimizer imports torch._dynamo)
+    # what the first call imported (torch.optim.SGD's first use would import torch._dynamo)
     late_roots = sorted(m for m in late if m.rpartition(".")[0] not in late)
     return {"started": STARTED, "parts": first_calls, "calls": calls,
             "imported_by_first_call": late_roots}  # fmt: skip

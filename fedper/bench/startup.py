@@ -88,8 +88,8 @@ def split(run: dict) -> dict[str, float]:
     out["client_data"], out["head_load_save"] = phases["data"], phases["state"]
     out["handler_other"] = first["handler_seconds"] - worker - sum(phases.values())
     # the first call's training takes longer than the same training warm (round 2, same
-    # process): that extra is start-up (chiefly torch.optim's first optimizer importing
-    # torch._dynamo), the rest is the training itself
+    # process): that extra is start-up (first kernels, allocator warm-up), the rest is the
+    # training itself
     warm = min(run["calls"][1].get("seconds_compute", 0.0), phases["compute"])
     out["first_call_extra"] = phases["compute"] - warm
     out["train_compute_warm"] = warm
