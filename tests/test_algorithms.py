@@ -120,6 +120,7 @@ def test_fedrep_without_head_epochs_leaves_the_head_untouched(tmp_path):
     assert head and all(torch.equal(saved[k], initial[k]) for k in head)
 
 
+@pytest.mark.slow  # 21 runs in process: about 20 s
 def test_every_algorithm_runs_a_round_under_every_partitioner(tmp_path):
     for partition in ("pathological", "dirichlet", "iid"):
         for algorithm in ALGORITHMS:

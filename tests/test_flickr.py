@@ -312,6 +312,7 @@ def test_too_few_eligible_workers_names_both_numbers(mini):
         prepare_dataset(mini_config(data_dir, extra=["dataset.min_images=20"]))
 
 
+@pytest.mark.slow
 def test_two_rounds_through_ray(mini, tmp_path: Path):
     data_dir, truth = mini
     run_dir = tmp_path / "run"
