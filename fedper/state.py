@@ -40,27 +40,51 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     )
 
 
+def temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new, uniquely named temporary file beside `path` (parallel jobs never collide), with
+    the usual permissions rather than mkstemp's 0600: its descriptor and its path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    except OSError as error:
+        raise storage_error(path, error) from None
+    return fd, Path(tmp)
+
+
 def stage(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """The next version of `path`, written through `write(handle)` to a temporary file
     beside it and flushed to disk; `publish` puts it in place."""
     path = Path(path)
+    fd, tmp = temporary_beside(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as error:
-        raise storage_error(path, error) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException as error:
-        discard(Path(tmp))
+        discard(tmp)
         if isinstance(error, OSError):
             raise storage_error(path, error) from None
         raise
-    return Path(tmp)
+    return tmp
+
+
+def stage_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`stage` for writers that need a file name (numpy's memory-mapped .npy pools)."""
+    path = Path(path)
+    fd, tmp = temporary_beside(path)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as error:
+        discard(tmp)
+        if isinstance(error, OSError):
+            raise storage_error(path, error) from None
+        raise
+    return tmp
 
 
 def publish(staged: Path, path: str | Path) -> None:
@@ -99,6 +123,11 @@ def sync_folder(folder: Path) -> None:
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write a file through `write(handle)` so that it appears whole or not at all."""
     publish(stage(path, write), path)
+
+
+def write_file_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write a file through `write(temporary path)` so that it appears whole or not at all."""
+    publish(stage_file(path, write), path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedper.bench.gpu import gpu_check
 from fedper.bench.plain import run_plain
 from fedper.bench.preparation import time_client_preparation
-from fedper.bench.report import summarize
+from fedper.bench.report import bench_report
 from fedper.bench.resources import num_actors
 from fedper.bench.sampling import MemorySampler, driver_max_rss_bytes
 from fedper.bench.settings import BENCH_JSON, BenchSettings
@@ -55,7 +55,7 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path) -> dict:
     }
 
     preparation = time_client_preparation(cfg, settings)
-    report = summarize(cfg, settings, federated, plain, actors, memory, preparation)
+    report = bench_report(cfg, settings, federated, plain, actors, memory, preparation)
     report["cpu_seconds_by_process"] = {
         "federated": federated_memory.cpu_seconds(),
         "plain": plain_memory.cpu_seconds(),

@@ -144,7 +144,7 @@ def scenario(cfg: DictConfig, settings: BenchSettings, partition: list[dict], pl
     }
 
 
-def summarize(cfg: DictConfig, settings: BenchSettings, federated: dict, plain: dict,
+def bench_report(cfg: DictConfig, settings: BenchSettings, federated: dict, plain: dict,
               actors: int, memory: dict, preparation: dict) -> dict:  # fmt: skip
     """Everything bench.json holds about a federated-vs-plain benchmark."""
     fed_rounds, plain_rounds = federated["rounds"], plain["rounds"]

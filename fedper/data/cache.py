@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fedper.errors import FedPerError
+from fedper.state import write_file_atomic
 
 log = logging.getLogger("fedper")
 
@@ -43,24 +42,6 @@ class CacheError(FedPerError):
 def dataset_root(cfg, data_dir: str | Path | None = None) -> Path:
     """`<data_dir>/<dataset name>`: where a dataset's files and its cache folder live."""
     return Path(cfg.data_dir if data_dir is None else data_dir) / cfg.dataset.name
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a uniquely named temp file beside `path`, then rename it over `path`.
-
-    The temp name is unique per call (parallel jobs building the same cache never collide)
-    and the temp file is removed when `write` fails, so no partial file is ever left behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sha256_of(path: Path) -> str:
@@ -232,12 +213,12 @@ class PoolCache:
             result["rows"] = row_table(pool)
             del pool
 
-        write_atomic(self.pool, write_pool)
+        write_file_atomic(self.pool, write_pool)
         labels, extra, table = result["labels"], result["extra"], result["rows"]
-        write_atomic(self.rows, lambda tmp: _save_npy(tmp, table))
+        write_file_atomic(self.rows, lambda tmp: _save_npy(tmp, table))
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)
-            write_atomic(self.labels, lambda tmp: _save_npy(tmp, labels))
+            write_file_atomic(self.labels, lambda tmp: _save_npy(tmp, labels))
         body = {
             "format": CACHE_FORMAT,
             "shape": list(shape),
@@ -247,7 +228,7 @@ class PoolCache:
             "extra": extra,
         }
         text = json.dumps({"body": body, "sha256": _digest(body)})
-        write_atomic(self.manifest, lambda tmp: tmp.write_text(text))
+        write_file_atomic(self.manifest, lambda tmp: tmp.write_text(text))
         return CachedPool(self.pool, tuple(shape), table, labels, extra)
 
     def discard(self) -> None:
