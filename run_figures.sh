@@ -26,7 +26,8 @@ command to continue: finished runs return at once, half-done ones resume.
   --models, --algorithms, --classes, --heads LIST
                      only these models, algorithms, classes per client or head-layer counts,
                      in the figures that sweep them
-  --python PATH      Python interpreter (default: $PYTHON, else python)
+  --python PATH      Python interpreter (default: $PYTHON, else the .venv `make` creates,
+                     else python)
   --dry-run          list each figure's runs and whether they are finished; run nothing
   -- OVERRIDES...    for every run, e.g. num_clients=4 (names the folders; hardware and path
                      keys do not) or hydra/launcher=slurm hydra.launcher.partition=gpu
@@ -39,7 +40,9 @@ die() { echo -e "run_figures.sh: error: $*\nTry 'bash run_figures.sh --help'." >
 # a path as a Hydra override value: quoted only when Hydra's grammar would split it
 hydra_path() { if [[ "$1" =~ ^[A-Za-z0-9_./:+@%-]+$ ]]; then echo "$1"; else echo "'$1'"; fi; }
 
-figures=() quick=0 out="" python="${PYTHON:-python}" dry_run=0 sweep=() only=() extra=()
+default_python="$REPO_DIR/.venv/bin/python"
+[[ -x "$default_python" ]] || default_python=python
+figures=() quick=0 out="" python="${PYTHON:-$default_python}" dry_run=0 sweep=() only=() extra=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	-h | --help) usage && exit 0 ;;
@@ -76,6 +79,8 @@ for figure in "${figures[@]}"; do
 	[[ -f "$REPO_DIR/conf/figure/fig$figure.yaml" ]] || die "--figures: no figure '$figure' (conf/figure/fig$figure.yaml)"
 done
 command -v "$python" >/dev/null || die "--python $python: no such interpreter (set --python or \$PYTHON)"
+"$python" -c 'import hydra, omegaconf, flwr, torch' 2>/dev/null ||
+	die "--python $python: cannot import hydra, flwr and torch (run 'make install', or give the .venv's python)"
 out="${out:-$REPO_DIR/docs/results/$( ((quick)) && echo quick || echo full)}"
 [[ "$out" == /* ]] || out="$PWD/$out"
 [[ "$out" != *"'"* ]] || die "--out $out: a folder name with a single quote cannot be passed to Hydra"
