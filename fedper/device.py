@@ -249,7 +249,10 @@ def apply_performance(perf: Performance) -> None:
     torch.backends.cudnn.deterministic = perf.deterministic
     if perf.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(perf.deterministic, warn_only=False)
+    # the setter imports torch._dynamo (about a second in a fresh process): only call it on a change
+    current = torch.are_deterministic_algorithms_enabled()
+    if current != perf.deterministic or torch.is_deterministic_algorithms_warn_only_enabled():
+        torch.use_deterministic_algorithms(perf.deterministic, warn_only=False)
 
 
 def memory_fraction(share: float, total_bytes: int) -> float | None:

@@ -231,6 +231,22 @@ def test_deterministic_mode_sets_every_switch_it_needs(monkeypatch, restore_swit
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_the_default_switches_import_no_dynamo_in_a_fresh_process():
+    # torch.use_deterministic_algorithms imports torch._dynamo (about a second per ClientApp
+    # process on the Deployment Engine); the default (not deterministic) needs no call
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from fedper.device import Performance, apply_performance; "
+        "cpu = torch.device('cpu'); apply_performance(Performance(cpu, cpu, None, True, False, "
+        "False)); "
+        "print('torch._dynamo' in sys.modules, torch.are_deterministic_algorithms_enabled())"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "False False", done.stderr[-2000:]
+
+
 def test_a_fractional_share_becomes_a_memory_cap(monkeypatch):
     gpus = FakeGpus(monkeypatch, total=16 * 2**30)
     assert memory_fraction(1.0, 16 * 2**30) is None and memory_fraction(0, 16 * 2**30) is None
