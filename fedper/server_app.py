@@ -113,7 +113,7 @@ class ClientLink:
             if pending and time.monotonic() > deadline:
                 missing = sorted(who.get(node, node) for node in pending.values())
                 raise FedPerError(
-                    f"client(s) {missing} did not reply within {timeout or self.reply_timeout:.0f}"
+                    f"client(s) {missing} did not reply within {timeout or self.reply_timeout:g}"
                     " s (engine.reply_timeout): check that their nodes are running"
                 )
             if pending:
@@ -155,7 +155,7 @@ class ClientLink:
                 missing = sorted(set(range(self.num_clients)) - set(node_of))
                 raise FedPerError(
                     f"client(s) {missing} did not connect within engine.connect_timeout="
-                    f"{self.connect_timeout:.0f} s: start a SuperNode with partition-id=<cid> "
+                    f"{self.connect_timeout:g} s: start a SuperNode with partition-id=<cid> "
                     "for each, or raise engine.connect_timeout"
                 )
             else:

@@ -1,18 +1,22 @@
 """The ClientApp's handlers called in-process: what leaves a client, which head it uses,
 and that a message (plus the node's own config) is all a client needs."""
 
+import contextlib
 import dataclasses
 import os
+import threading
+import types
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from harness import node_configs, plan_local, run_local, set_task_identity
+from harness import LocalGrid, node_configs, plan_local, run_local, set_task_identity
 
-from fedper import client, client_app
+from fedper import client, client_app, engines, server_app
 from fedper.config import SPEC_KEY
-from fedper.errors import FedPerError
+from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
+from fedper.server_app import run_server
 from fedper.state import DiskHeadStore
 
 
@@ -259,3 +263,53 @@ def test_results_record_the_device_the_clients_compute_with(tmp_path):
     results = run_local(plan_local(tmp_path, ["num_rounds=1"]))
     assert results.header["device"]["device"] == "cpu"
     assert results.header["device"]["layout"] == "channels_last"  # MobileNet-v1 on the CPU
+
+
+class SilentGrid(LocalGrid):
+    """A grid whose node for client 1 takes training messages and never replies."""
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        for message_id, msg in zip(ids, messages, strict=True):
+            silent = self.nodes[msg.metadata.dst_node_id]["partition-id"] == 1
+            if silent and msg.metadata.message_type == MessageType.TRAIN:
+                del self.replies[message_id]
+        return ids
+
+
+def test_a_client_that_never_replies_fails_the_round_naming_it(tmp_path):
+    plan = plan_local(tmp_path, ["engine.reply_timeout=0.3"])
+    with pytest.raises(FedPerError, match=r"client\(s\) \[1\] did not reply within 0.3 s"):
+        run_server(SilentGrid(node_configs(3)), plan)
+
+
+def test_a_stopped_engine_ends_the_server_loop_while_it_waits(tmp_path):
+    # the engine set the stop event (it failed, or was interrupted): the loop does not wait
+    # out engine.reply_timeout (which would end this test with a different error)
+    plan = plan_local(tmp_path, ["engine.reply_timeout=30"])
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Interrupted, match="stopped while waiting for clients"):
+        run_server(SilentGrid(node_configs(3)), plan, stop)
+
+
+def test_an_engine_that_fails_stops_the_server_loop_and_says_why(tmp_path, monkeypatch):
+    # e.g. Flower finding no actor it can place (more GPUs asked than Ray sees): the engine's
+    # exception ends the run in one line, and the server thread is told to stop
+    import flwr.simulation
+
+    seen = {}
+
+    def failing_simulation(server_app, **_):
+        seen["stop"] = server_app.stop
+        raise RuntimeError("no actor could be placed")
+
+    def recording_server_app(plan, stop, serving):
+        return types.SimpleNamespace(stop=stop)
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", failing_simulation)
+    monkeypatch.setattr(server_app, "server_app_for", recording_server_app)
+    monkeypatch.setattr(engines, "ray_for", lambda plan: contextlib.nullcontext())
+    with pytest.raises(FedPerError, match="engine stopped: RuntimeError: no actor could be placed"):
+        engines.simulate(plan_local(tmp_path))
+    assert seen["stop"].is_set()
