@@ -96,7 +96,8 @@ for figure in "${figures[@]}"; do
 	[[ -f "$REPO_DIR/conf/figure/$config.yaml" ]] || { echo "== figure $figure: skipped with --quick (no conf/figure/$config.yaml) ==" && continue; }
 	command=("$python" -m fedper.main --multirun "+figure=$config" "hydra.sweep.dir=$(hydra_path "$runs")"
 		"state_dir=$(hydra_path "$out/client_states")" ${sweep[@]+"${sweep[@]}"} ${extra[@]+"${extra[@]}"})
-	plot=("$python" -m fedper.plot "$runs" --out "$out" --figure "figure$figure")
+	# each table also gives every algorithm's paired per-seed difference to FedPer
+	plot=("$python" -m fedper.plot "$runs" --out "$out" --figure "figure$figure" --compare algorithm=fedper)
 	echo "== figure $figure: $(printf '%q ' "${command[@]}")=="
 	rc=0 && "${command[@]}" || rc=$?
 	# 2: a bad setting, 128+: killed; the next figure would fare no better
