@@ -9,6 +9,7 @@ it runs, the launcher holds the directory's lock (`fedper.rundir`), whatever the
 
 from __future__ import annotations
 
+import inspect
 import logging
 import platform
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedper.algorithms import ALGORITHMS
 from fedper.commit import RoundCommit, committed_round
 from fedper.config import (
     RunPlan,
@@ -31,7 +33,7 @@ from fedper.data import prepare_dataset
 from fedper.device import client_device, describe, describe_line, resolve_performance
 from fedper.errors import ConfigError, Interrupted
 from fedper.interrupts import signals_interrupt
-from fedper.models import build_model
+from fedper.models import MODELS, SPLIT_KEYS, build_model
 from fedper.results import load_results, partial_rounds
 from fedper.rundir import (
     CONFIG_FILE,
@@ -175,8 +177,22 @@ def plan_run(cfg: DictConfig, run_dir: str | Path) -> RunPlan:
         # what the clients compute with, as this machine resolves it (a SuperNode of the
         # Deployment Engine resolves `auto` on its own hardware)
         "device": describe(resolve_performance(cfg, client_device(cfg)), spec.num_gpus),
+        "unused_settings": unused_settings(cfg),
     }
     return RunPlan(spec, header)
+
+
+def unused_settings(cfg: DictConfig) -> list[str]:
+    """Keys in `config` that this run's algorithm and model ignore (kept there so that every
+    run's config has the same keys, and runs that differ only in them pair up in the tables)."""
+    algorithm = ALGORITHMS[cfg.algorithm]
+    takes = inspect.signature(MODELS[cfg.model_name].build).parameters
+    unused = [f"model.{key}" for key in cfg.model if key not in takes and key not in SPLIT_KEYS]
+    if not algorithm.finetune_head:
+        unused.append("finetune_epochs")
+    if not algorithm.head_then_base:
+        unused.append("fedrep.head_epochs")
+    return unused
 
 
 def config_from_run_config(run_config, flower_run_id: int) -> tuple[DictConfig, Path]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_config
 from harness import plan_local, run_local, set_task_identity
 
 from fedper import client
 from fedper.algorithms import ALGORITHMS
 from fedper.client import NodePaths, worker_for
+from fedper.experiment import unused_settings
 from fedper.models import build_model
 
 BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -132,3 +134,19 @@ def test_every_algorithm_runs_a_round_under_every_partitioner(tmp_path):
             (entry,) = run_local(plan).rounds
             assert entry["clients_ok"] == 3 and 0 <= entry["accuracy"] <= 1
             client._WORKERS.clear()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "unused"),
+    [
+        ([], ["finetune_epochs", "fedrep.head_epochs"]),
+        (
+            ["model_name=resnet"],
+            ["model.width_multiplier", "finetune_epochs", "fedrep.head_epochs"],
+        ),
+        (["algorithm=fedavg_ft"], ["fedrep.head_epochs"]),
+        (["algorithm=fedrep"], ["finetune_epochs"]),
+    ],
+)
+def test_results_name_the_settings_a_run_ignores(overrides, unused):
+    assert unused_settings(make_config(overrides)) == unused

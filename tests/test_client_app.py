@@ -239,6 +239,7 @@ def test_in_process_run_matches_itself_and_records_provenance(tmp_path):
     versions, code = a.header["versions"], a.header["code_version"]
     assert torch.__version__.startswith(versions["torch"]) and versions["flwr"] and versions["ray"]
     assert len(code["commit"]) == 40 and isinstance(code["dirty"], bool)  # this is a git checkout
+    assert a.header["unused_settings"] == ["finetune_epochs", "fedrep.head_epochs"]
 
 
 def test_a_client_out_of_gpu_memory_stops_the_run_with_what_to_change(tmp_path, monkeypatch):

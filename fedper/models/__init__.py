@@ -9,11 +9,14 @@ from fedper.models import mobilenet, resnet  # noqa: F401  (each registers its m
 from fedper.models.registry import MODELS, register_model
 from fedper.models.split import ModelSplit
 
+# `model.*` keys that say how the network is split and shared, not how it is built: the rest
+# are options of the model's `build`
+SPLIT_KEYS = ("num_head_layers", "local_bn")
+
 
 def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
     """The configured model; with a seed, its initial weights are fixed by that seed."""
-    # `local_bn` says what a client keeps, not how the network is built
-    options = {k: v for k, v in cfg.model.items() if k not in ("num_head_layers", "local_bn")}
+    options = {k: v for k, v in cfg.model.items() if k not in SPLIT_KEYS}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -22,4 +25,4 @@ def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
         )
 
 
-__all__ = ["MODELS", "ModelSplit", "build_model", "register_model"]
+__all__ = ["MODELS", "SPLIT_KEYS", "ModelSplit", "build_model", "register_model"]
