@@ -90,7 +90,9 @@ def processes_of(folder):
     return found
 
 
-def wait_until_gone(folder, timeout=60):
+def wait_until_gone(folder, timeout=180):
+    # Ray's own processes notice a SIGKILLed driver by polling: on a busy machine that can
+    # take more than a minute
     deadline = time.monotonic() + timeout
     while processes_of(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
