@@ -16,7 +16,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -57,16 +58,11 @@ def stage(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     beside it and flushed to disk; `publish` puts it in place."""
     path = Path(path)
     fd, tmp = temporary_beside(path)
-    try:
+    with discarded_on_failure(tmp, path):
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException as error:
-        discard(tmp)
-        if isinstance(error, OSError):
-            raise storage_error(path, error) from None
-        raise
     return tmp
 
 
@@ -75,16 +71,23 @@ def stage_file(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     fd, tmp = temporary_beside(path)
     os.close(fd)
-    try:
+    with discarded_on_failure(tmp, path):
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+    return tmp
+
+
+@contextmanager
+def discarded_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Any failure removes the temporary; an OS error becomes one line naming `path`."""
+    try:
+        yield
     except BaseException as error:
         discard(tmp)
         if isinstance(error, OSError):
             raise storage_error(path, error) from None
         raise
-    return tmp
 
 
 def publish(staged: Path, path: str | Path) -> None:
