@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from fedper.errors import FedPerError
+from fedper.errors import FedPerError, exit_with_error
 from fedper.experiment import run_experiment
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             results[algorithm] = run_experiment(demo_config(algorithm, overrides), out / algorithm)
             seconds[algorithm] = time.perf_counter() - started
     except FedPerError as error:
-        print(f"fedper: error: {error}", file=sys.stderr)
-        return 2
+        exit_with_error("fedper", error)
     print()
     cfg = demo_config(ALGORITHMS[0], overrides)
     print(

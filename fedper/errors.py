@@ -1,5 +1,11 @@
 """Errors a user can cause and fix: each carries one sentence that says what would work."""
 
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
 
 class FedPerError(Exception):
     """A problem with the user's settings or files, reported without a traceback."""
@@ -23,3 +29,16 @@ class Interrupted(FedPerError):
 
 class StorageError(FedPerError):
     """A file cannot be written: disk full, quota, read-only folder, missing permission."""
+
+
+def exit_with_error(program: str, error: FedPerError) -> NoReturn:
+    """Print `error` as the run's last line and end the process with status 2, now.
+
+    Flower's message threads may still wait on replies from Ray actors that are gone, and the
+    interpreter would wait for them at exit, forever: leave without joining them. Every caller
+    reaches here after Ray is shut down and every file is committed and closed.
+    """
+    print(f"{program}: error: {error}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedper.errors import FedPerError
+from fedper.errors import FedPerError, exit_with_error
 from fedper.experiment import run_experiment
 
 
@@ -19,13 +16,7 @@ def main(cfg: DictConfig) -> float | None:
         hydra = HydraConfig.get()
         results = run_experiment(cfg, hydra.runtime.output_dir, hydra.overrides.task)
     except FedPerError as error:
-        print(f"fedper: error: {error}", file=sys.stderr)
-        # Flower's message threads may still wait on replies from Ray actors that are gone, and
-        # the interpreter would wait for them at exit: leave without joining them. Ray is shut
-        # down and every file is committed and closed by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)
+        exit_with_error("fedper", error)
     rounds = results["rounds"]
     return rounds[-1]["accuracy"] if rounds else None
 

@@ -172,6 +172,39 @@ def test_sigterm_and_sigint_stop_cleanly_leaving_nothing(
         assert comparable(read_results(run_dir)) == comparable(reference)
 
 
+@pytest.mark.parametrize(
+    ("module", "extra", "program"),
+    [
+        ("fedper.bench", ["dataset.size=400", "bench.prep_repeats=1", "hydra.run.dir=bench"],
+         "fedper.bench"),
+        ("fedper.demo", [], "fedper"),  # writes under outputs/demo/
+    ],
+)
+def test_the_benchmark_and_the_demo_end_on_sigterm_too(tmp_path, ray_tmp, module, extra, program):
+    """Both run the experiment in-process, as `fedper.main` does, and must leave as promptly
+    (Flower's message threads, still waiting on the stopped actors, are not joined)."""
+    temp, env = ray_tmp
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *TINY, "num_rounds=4", *extra],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def a_round_is_committed():
+        return any(rounds_in(p.parent) >= 1 for p in tmp_path.rglob("results.json"))
+
+    wait_for(a_round_is_committed, process, "round 1")
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        output = process.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"{module} did not end after SIGTERM") from None
+    assert process.returncode == 2, output[-3000:]
+    assert output.splitlines()[-1].startswith(f"{program}: error: interrupted after round ")
+    assert wait_until_gone(temp) == [], "processes of the run outlived it"
+
+
 def test_two_concurrent_runs_with_the_same_seed_keep_separate_state(tmp_path, reference, ray_tmp):
     _, env = ray_tmp
     first, second = start(tmp_path, tmp_path / "a", env), start(tmp_path, tmp_path / "b", env)

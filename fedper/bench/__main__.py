@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedper.bench.settings import BenchSettings
-from fedper.errors import FedPerError
+from fedper.errors import FedPerError, exit_with_error
 
 
 def run(cfg: DictConfig, run_dir: str) -> str:
@@ -36,8 +34,7 @@ def main(cfg: DictConfig) -> None:
     try:
         print(run(cfg, HydraConfig.get().runtime.output_dir))
     except FedPerError as error:
-        print(f"fedper.bench: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error("fedper.bench", error)
 
 
 if __name__ == "__main__":
