@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ CONF_DIR = ROOT / "conf"
 # tests run offline and quietly
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A suite started in the background of a non-interactive shell inherits SIGINT as ignored, and so
+# would every run it starts (fedper.interrupts keeps an ignored signal ignored, as a launcher
+# asks). The interrupt tests need SIGINT as a terminal delivers it, however the suite is started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # a model and run small enough for CPU tests
 TINY = [
