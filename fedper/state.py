@@ -228,17 +228,31 @@ class DiskHeadStore:
     Each file keeps the head of the latest round the client trained in and the one before,
     so that after a crash a head written during an unfinished round is never used: a client
     training in round r reads the newest version older than r.
+
+    A client's training call loads its head, trains, then saves the next one, which needs
+    the versions it loaded. `load` always reads and checks the file; `save` reuses what
+    `load` read while the file is unchanged (same inode, size and modification time), instead
+    of reading and checking it a second time.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
+        self._loaded: tuple[int, tuple[int, int, int], dict[int, dict[str, torch.Tensor]]] | None
+        self._loaded = None
 
     def path(self, cid: int) -> Path:
         return self.directory / f"client_{cid}.pt"
 
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None:
         """Store the head trained in `round_num`, keeping the newest earlier version."""
-        versions = self.versions(cid)
+        loaded, self._loaded = self._loaded, None
+        identity = file_identity(self.path(cid))
+        if identity is None:
+            versions = {}
+        elif loaded is not None and loaded[:2] == (cid, identity):
+            versions = loaded[2]
+        else:
+            versions = self.versions(cid)
         older = [r for r in versions if r < round_num]
         kept = {max(older): versions[max(older)]} if older else {}
         kept[round_num] = state
@@ -246,11 +260,14 @@ class DiskHeadStore:
 
     def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
         """The newest head saved in a round before `before_round`; None if there is none."""
+        identity = file_identity(self.path(cid))  # taken first: a later change reads anew
         versions = self.versions(cid)
+        self._loaded = (cid, identity, versions) if identity is not None else None
         usable = [r for r in versions if r < before_round]
         return versions[max(usable)] if usable else None
 
     def versions(self, cid: int) -> dict[int, dict[str, torch.Tensor]]:
+        """Every version in the client's file, read and checked."""
         path = self.path(cid)
         if not path.exists():
             return {}
@@ -258,6 +275,15 @@ class DiskHeadStore:
             path, "head", "delete it to restart this client from the initial head"
         )
         return {int(r): state for r, state in record["versions"].items()}
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever a file is replaced or written: inode, size, modification time."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class MemoryHeadStore:

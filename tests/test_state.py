@@ -9,6 +9,7 @@ import stat
 import pytest
 import torch
 
+import fedper.state as state_module
 from fedper.errors import StateFileError, StorageError
 from fedper.results import finite, results_json
 from fedper.state import (
@@ -45,6 +46,32 @@ def test_the_disk_store_keeps_the_latest_version_and_the_one_before(tmp_path):
         store.save(3, round_num, head(float(round_num)))
     assert sorted(store.versions(3)) == [4, 7]
     assert store.versions(3)[4]["head.n"].dtype == torch.int64
+
+
+def test_a_save_after_a_load_reuses_what_the_load_read_and_checked(tmp_path, monkeypatch):
+    store = DiskHeadStore(tmp_path)
+    store.save(0, 1, head(1.0))
+    store.save(0, 2, head(2.0))
+    reads = []
+    real = state_module.load_tensors
+    monkeypatch.setattr(state_module, "load_tensors", lambda *a: reads.append(a) or real(*a))
+    assert torch.equal(store.load(0, before_round=3)["head.w"], head(2.0)["head.w"])
+    store.save(0, 3, head(3.0))
+    assert len(reads) == 1, "the save read the file the load had just read again"
+    assert sorted(store.versions(0)) == [2, 3]
+    assert torch.equal(store.versions(0)[2]["head.w"], head(2.0)["head.w"])
+
+
+def test_a_save_reads_again_when_another_writer_replaced_the_file_since_the_load(tmp_path):
+    store, other = DiskHeadStore(tmp_path), DiskHeadStore(tmp_path)
+    store.save(0, 1, head(1.0))
+    store.load(0, before_round=2)
+    other.save(0, 4, head(4.0))  # versions 1 and 4 on disk now
+    store.save(0, 5, head(5.0))
+    assert sorted(store.versions(0)) == [4, 5]  # from the file, not from what was loaded
+    store.load(0, before_round=6)
+    store.save(1, 6, head(6.0))  # another client: nothing of client 0 is carried over
+    assert sorted(store.versions(1)) == [6]
 
 
 def test_one_flipped_bit_in_a_state_files_values_is_caught(tmp_path):
