@@ -1,0 +1,35 @@
+"""scripts/cores_by_process.py: who used the CPU while a command ran, and its exit status."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "cores_by_process.py"
+
+
+def watch(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--every", "0.05", "--window", "0.5", "--", *command],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_busy_child_is_counted_under_its_program_and_the_exit_status_passes_through():
+    spin = "x = 0\nfor i in range(4 * 10**7):\n    x += i"
+    parent = (
+        f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}]); sys.exit(3)"
+    )
+    done = watch(sys.executable, "-c", parent)
+    assert done.returncode == 3, done.stderr
+    child = re.escape(sys.executable.rsplit("/", 1)[-1])
+    used = [float(v) for v in re.findall(rf"\b{child}=([0-9.]+)", done.stdout)]
+    assert used and max(used) > 0.3, done.stdout  # the spinning child, not the waiting parent
+
+
+def test_no_command_is_a_usage_error():
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 2 and "give the command to watch" in done.stderr
