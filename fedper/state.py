@@ -246,10 +246,7 @@ class DiskHeadStore:
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None:
         """Store the head trained in `round_num`, keeping the newest earlier version."""
         loaded, self._loaded = self._loaded, None
-        identity = file_identity(self.path(cid))
-        if identity is None:
-            versions = {}
-        elif loaded is not None and loaded[:2] == (cid, identity):
+        if loaded is not None and loaded[:2] == (cid, file_identity(self.path(cid))):
             versions = loaded[2]
         else:
             versions = self.versions(cid)

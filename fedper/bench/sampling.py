@@ -28,9 +28,9 @@ def psutil_module():
     return importlib.import_module("psutil")
 
 
-def process_tree() -> list:
-    """This process and all its descendants."""
-    root = psutil_module().Process()
+def process_tree(pid: int | None = None) -> list:
+    """A process (this one by default) and all its descendants."""
+    root = psutil_module().Process(pid)
     return [root, *root.children(recursive=True)]
 
 
