@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedper.algorithms import ALGORITHMS, Algorithm
-from fedper.config import RunSpec
+from fedper.config import RESTARTED_METRIC, RunSpec
 from fedper.data import ClientData, prepare_dataset
 from fedper.data.federated import load_client_data
 from fedper.data.transforms import BatchTransform
@@ -37,7 +37,7 @@ from fedper.device import (
 from fedper.errors import FedPerError, StateFileError
 from fedper.models import ModelSplit, build_model
 from fedper.rundir import RUN_ID_PATTERN
-from fedper.state import DiskHeadStore, HeadStore, tensors_digest
+from fedper.state import HEAD_WAY_OUT, DiskHeadStore, HeadStore, tensors_digest
 from fedper.training import TrainSettings, evaluate, train
 
 
@@ -185,33 +185,64 @@ class ClientWorker:
         return torch.Generator().manual_seed(int(seed))
 
     def prepare_model(
-        self, cid: int, shared: Mapping[str, torch.Tensor] | None, before_round: int
-    ) -> ModelSplit:
-        """Global shared parts from the server, personal parts from this client's store."""
+        self,
+        cid: int,
+        shared: Mapping[str, torch.Tensor] | None,
+        before_round: int,
+        head_round: int | None = None,
+    ) -> tuple[ModelSplit, bool]:
+        """Global shared parts from the server, personal parts from this client's store; and
+        whether a lost head was restarted from the initial one (`personal_state`)."""
         if self.shared_keys:
             self.model.load_keys(dict(shared or {}), self.shared_keys)
+        restarted = False
         if self.personal_keys:
-            personal = self.store.load(cid, before_round)
+            personal, restarted = self.personal_state(cid, before_round, head_round)
             try:
-                self.model.load_keys(
-                    personal if personal is not None else self.initial, self.personal_keys
-                )
+                self.model.load_keys(personal, self.personal_keys)
             except ValueError as error:
                 raise StateFileError(
-                    f"the saved head of client {cid} does not fit this model ({error}): delete "
-                    "it to restart this client from the initial head, or start a fresh run"
+                    f"the saved head of client {cid} does not fit this model ({error}): "
+                    f"delete it and {HEAD_WAY_OUT}"
                 ) from None
-        return self.model
+        return self.model, restarted
+
+    def personal_state(
+        self, cid: int, before_round: int, head_round: int | None
+    ) -> tuple[dict[str, torch.Tensor], bool]:
+        """The newest head the client saved before `before_round`, or the initial one before
+        its first training; and whether a lost head was restarted from the initial one.
+
+        `head_round` is the last round the server counted this client's training in (0: never,
+        None: not known, as in the benchmark's plain loop). A store without a head from that
+        round has lost it (a wiped or different state_dir, files restored from an older copy):
+        the run stops, unless `restart_lost_heads` says to start that client over.
+        """
+        found = self.store.load_version(cid, before_round)
+        if head_round and (found is None or found[0] < head_round):
+            if not self.cfg.get("restart_lost_heads", False):
+                newest = f"its newest is from round {found[0]}" if found else "there is none"
+                raise ClientSetupError(
+                    f"client {cid} trained in round {head_round}, but its head from that round "
+                    f"is not in {self.store.location(cid)} ({newest}): restore the node's "
+                    f"state_dir, or {HEAD_WAY_OUT}"
+                )
+            return self.initial, True
+        return (found[1] if found is not None else self.initial), False
 
     def train(
-        self, cid: int, round_num: int, shared: Mapping[str, torch.Tensor] | None
+        self,
+        cid: int,
+        round_num: int,
+        shared: Mapping[str, torch.Tensor] | None,
+        head_round: int | None = None,
     ) -> TrainResult:
         """One round of local training; the personal parts are saved, the shared ones returned."""
         clock = Stopwatch()
         with clock("data"):
             data = self.data(cid)
         with clock("state"):
-            model = self.prepare_model(cid, shared, before_round=round_num)
+            model, restarted = self.prepare_model(cid, shared, round_num, head_round)
         with clock("compute"), stop_on_out_of_memory(self.cfg):
             if self.algorithm.head_then_base:
                 stats = self.train_head_then_base(model, data, cid, round_num)
@@ -229,10 +260,15 @@ class ClientWorker:
                 self.store.save(cid, round_num, model.state_of(self.personal_keys))
             out = model.state_of(self.shared_keys)
         metrics = {"num-examples": stats["num_examples"], "train_loss": stats["loss"]}
+        metrics[RESTARTED_METRIC] = int(restarted)  # every reply has the same keys (Flower's rule)
         return TrainResult(out, {**metrics, **clock.metrics()})
 
     def evaluate(
-        self, cid: int, round_num: int, shared: Mapping[str, torch.Tensor] | None
+        self,
+        cid: int,
+        round_num: int,
+        shared: Mapping[str, torch.Tensor] | None,
+        head_round: int | None = None,
     ) -> dict[str, float]:
         """Test and validation metrics with this round's global parts and the client's head."""
         clock = Stopwatch()
@@ -240,7 +276,7 @@ class ClientWorker:
             data = self.data(cid)
         # the head trained in this round (or earlier, if the client was not sampled)
         with clock("state"):
-            model = self.prepare_model(cid, shared, before_round=round_num + 1)
+            model, restarted = self.prepare_model(cid, shared, round_num + 1, head_round)
         with clock("compute"), stop_on_out_of_memory(self.cfg):
             if self.algorithm.finetune_head and self.cfg.finetune_epochs > 0:
                 self.finetune_head(model, data, cid, round_num)
@@ -254,6 +290,7 @@ class ClientWorker:
             "num_val_examples": val["num_examples"],
             "val_accuracy": val["accuracy"] if val["num_examples"] else float("nan"),
             "val_loss": val["loss"] if val["num_examples"] else float("nan"),
+            RESTARTED_METRIC: int(restarted),
             **clock.metrics(),
         }
 

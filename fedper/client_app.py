@@ -1,7 +1,7 @@
 """The ClientApp: Flower messages in, calls into `fedper.client`, messages out.
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
-ConfigRecord, the round, the shared arrays) or comes from the node's own config
+ConfigRecord, the round, the last round its training counted in, the shared arrays) or comes from the node's own config
 (`partition-id`, `num-partitions`, `data-dir`, `state-dir`). A problem that makes the client
 unfit for the run (a folder it cannot see, a partition that differs from the server's, an
 out-of-memory GPU) is answered with a `fatal` record, and the server stops the run with it;
@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedper.client import ClientSetupError, ClientWorker, NodePaths, worker_for
-from fedper.config import SPEC_KEY, RunSpec
+from fedper.config import HEAD_ROUND_KEY, SPEC_KEY, RunSpec
 from fedper.errors import FedPerError
 
 app = ClientApp()
@@ -67,6 +67,13 @@ def shared_arrays(msg: Message) -> dict | None:
     return arrays.to_torch_state_dict() if arrays is not None and len(arrays) else None
 
 
+def head_round(msg: Message) -> int | None:
+    """The last round the server counted this client's training in; None from a sender that
+    does not say."""
+    value = msg.content["config"].get(HEAD_ROUND_KEY)
+    return int(value) if value is not None else None
+
+
 @app.query()
 def introduce(msg: Message, context: Context) -> Message:
     """Set up for the run (folders, partition, initial model) and say which client this is."""
@@ -80,7 +87,7 @@ def introduce(msg: Message, context: Context) -> Message:
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
-        result = runner.train(cid, round_num, shared_arrays(msg))
+        result = runner.train(cid, round_num, shared_arrays(msg), head_round(msg))
         return reply(msg, {**result.metrics, "cid": cid}, ArrayRecord(result.shared))
 
     return handle(msg, context, work)
@@ -89,7 +96,7 @@ def train_round(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
-        metrics = runner.evaluate(cid, round_num, shared_arrays(msg))
+        metrics = runner.evaluate(cid, round_num, shared_arrays(msg), head_round(msg))
         return reply(msg, {**metrics, "cid": cid})
 
     return handle(msg, context, work)

@@ -22,10 +22,11 @@ from fedper.device import (  # noqa: F401  (re-exported for the apps)
 from fedper.errors import ConfigError
 from fedper.validation import validate_config  # noqa: F401 (imported from here)
 
-# Keys that say where and on what hardware a run runs, not what it computes. A run continued
-# (or resumed) with other values of these is the same run; plots group runs that differ only
-# in these, the seed and the folders as repeats of one setting.
-PLACEMENT_KEYS = ("server_device", "client_device")
+# Keys that say where and on what hardware a run runs, or how it recovers from lost heads, not
+# what it computes. A run continued (or resumed) with other values of these is the same run;
+# plots group runs that differ only in these, the seed and the folders as repeats of one setting
+# (a run that did restart a head says so in its rounds' `restarted_heads`).
+PLACEMENT_KEYS = ("server_device", "client_device", "restart_lost_heads")
 PLACEMENT_GROUPS = ("engine", "client_resources", "performance")
 
 
@@ -46,6 +47,11 @@ def without_placement(settings: dict) -> dict:
 # The key under which the run's settings (a RunSpec as JSON) travel: in every message's
 # ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
 SPEC_KEY = "fedper-spec"
+# Beside it, per client: the last round the server counted that client's training in (its head
+# must be from that round); and the metric a client adds when it started over from its
+# initial head because that head was lost (`restart_lost_heads`).
+HEAD_ROUND_KEY = "head-round"
+RESTARTED_METRIC = "head_restarted"
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> 
             raise ConfigError(
                 f"resume={run_dir} continues a run with its own settings, and {override} would "
                 "change them: only num_rounds may be raised (and where it runs: engine, "
-                "devices, client_resources, performance); start a new run for other settings"
+                "devices, client_resources, performance; and restart_lost_heads); start a new "
+                "run for other settings"
             )
         rounds = cfg.num_rounds
         if isinstance(rounds, int) and not isinstance(rounds, bool):

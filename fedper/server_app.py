@@ -186,6 +186,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
 
     link = ClientLink(grid, plan, stop)
     strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
+    if checkpoint is not None:
+        strategy.restore_head_rounds(checkpoint.results["rounds"])
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
@@ -194,6 +196,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         train_messages = list(strategy.configure_train(round_num, record, config, grid))
         train_replies = link.exchange(train_messages, strategy.client_of_node)
         trained_at = time.perf_counter()
+        strategy.count_training(round_num, train_replies)
         aggregated = strategy.aggregate_shared(round_num, train_replies)
         if aggregated is not None and arrays:
             arrays = aggregated
@@ -234,6 +237,11 @@ def log_round(entry: dict, num_rounds: int) -> None:
         f"  PARTIAL: {len(failures)} client failure(s), {entry['clients_ok']} of "
         f"{entry['clients_expected']} evaluated" if entry.get("partial") else "",
     )  # fmt: skip
+    if entry.get("restarted_heads"):
+        log.warning(
+            "  client(s) %s lost their head and started over from the initial one "
+            "(restart_lost_heads=true)", entry["restarted_heads"],
+        )  # fmt: skip
     for failure in failures:
         log.warning(
             "  client %s failed in %s: %s", failure["cid"], failure["phase"], failure["reason"]

@@ -28,6 +28,11 @@ from fedper.errors import StateFileError, StorageError
 
 FORMAT = 3  # 3: the digest covers every value of the record, not only its tensors
 CHECKPOINT = "checkpoint.pt"
+# what a user can do about a client's head that is damaged, lost or does not fit the model
+HEAD_WAY_OUT = (
+    "resume with restart_lost_heads=true to start this client over from its initial head, or "
+    "start a fresh run"
+)
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)  # read once: files get the usual permissions, not mkstemp's 0600
 os.umask(_UMASK)
@@ -217,12 +222,26 @@ def flat_tensors(payload: Mapping, prefix: str = "") -> list[tuple[str, torch.Te
 class HeadStore(Protocol):
     """Where a client's personal parts live between rounds (on disk, or in memory)."""
 
-    def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None: ...
+    def load_version(
+        self, cid: int, before_round: int
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest head saved in a round before `before_round`, with that round; None if
+        there is none."""
+        ...
 
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None: ...
 
+    def location(self, cid: int) -> str:
+        """Where the client's heads are, for messages."""
+        ...
 
-class DiskHeadStore:
+    def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
+        """The newest head saved in a round before `before_round`; None if there is none."""
+        found = self.load_version(cid, before_round)
+        return found[1] if found is not None else None
+
+
+class DiskHeadStore(HeadStore):
     """Heads of one run on one node: `<state_dir>/<run id>/client_<cid>.pt`.
 
     Each file keeps the head of the latest round the client trained in and the one before,
@@ -255,22 +274,23 @@ class DiskHeadStore:
         kept[round_num] = state
         save_tensors(self.path(cid), "head", {"versions": kept})
 
-    def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
-        """The newest head saved in a round before `before_round`; None if there is none."""
+    def load_version(
+        self, cid: int, before_round: int
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
         identity = file_identity(self.path(cid))  # taken first: a later change reads anew
         versions = self.versions(cid)
         self._loaded = (cid, identity, versions) if identity is not None else None
-        usable = [r for r in versions if r < before_round]
-        return versions[max(usable)] if usable else None
+        return newest_before(versions, before_round)
+
+    def location(self, cid: int) -> str:
+        return str(self.path(cid))
 
     def versions(self, cid: int) -> dict[int, dict[str, torch.Tensor]]:
         """Every version in the client's file, read and checked."""
         path = self.path(cid)
         if not path.exists():
             return {}
-        record = load_tensors(
-            path, "head", "delete it to restart this client from the initial head"
-        )
+        record = load_tensors(path, "head", f"restore it, or delete it and {HEAD_WAY_OUT}")
         return {int(r): state for r, state in record["versions"].items()}
 
 
@@ -283,7 +303,7 @@ def file_identity(path: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-class MemoryHeadStore:
+class MemoryHeadStore(HeadStore):
     """Heads kept in this process (the benchmark's plain loop and in-process tests)."""
 
     def __init__(self) -> None:
@@ -292,9 +312,21 @@ class MemoryHeadStore:
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None:
         self.heads.setdefault(cid, {})[round_num] = state
 
-    def load(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
-        usable = [r for r in self.heads.get(cid, {}) if r < before_round]
-        return self.heads[cid][max(usable)] if usable else None
+    def load_version(
+        self, cid: int, before_round: int
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
+        return newest_before(self.heads.get(cid, {}), before_round)
+
+    def location(self, cid: int) -> str:
+        return f"the memory of process {os.getpid()}"
+
+
+def newest_before(
+    versions: Mapping[int, dict[str, torch.Tensor]], before_round: int
+) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The newest version saved in a round before `before_round`, with that round."""
+    usable = [r for r in versions if r < before_round]
+    return (max(usable), versions[max(usable)]) if usable else None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedper.config import HEAD_ROUND_KEY, RESTARTED_METRIC
 from fedper.errors import FedPerError
 
 
@@ -39,6 +40,21 @@ class FedPerStrategy(FedAvg):
         self.client_of_node = {node: cid for cid, node in self.node_of_client.items()}
         self.clients_per_round = clients_per_round
         self.seed = seed
+        # cid -> the last round whose training by that client counted: its head is from then
+        self.head_round: dict[int, int] = {}
+
+    def count_training(self, round_num: int, replies: Iterable[Message]) -> None:
+        """Clients whose training succeeded saved their head in `round_num`; from now on
+        their messages say so, and a client whose store lacks that head stops the run."""
+        for msg in replies:
+            if not msg.has_error():
+                self.head_round[self.client_of_node[msg.metadata.src_node_id]] = round_num
+
+    def restore_head_rounds(self, rounds: Iterable[dict]) -> None:
+        """`head_round` after the committed rounds of a resumed run (their `trained_clients`)."""
+        for entry in rounds:
+            for cid in entry.get("trained_clients", ()):
+                self.head_round[int(cid)] = int(entry["round"])
 
     def sample_clients(self, server_round: int) -> list[int]:
         """The clients that train in a round: a pure function of seed and round."""
@@ -51,9 +67,12 @@ class FedPerStrategy(FedAvg):
     def _messages(
         self, clients: Iterable[int], arrays: ArrayRecord, config: ConfigRecord, kind: str
     ) -> list[Message]:
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        def content(cid: int) -> RecordDict:
+            own = ConfigRecord({**config, HEAD_ROUND_KEY: self.head_round.get(cid, 0)})
+            return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: own})
+
         return [
-            Message(content=content, message_type=kind, dst_node_id=self.node_of_client[cid])
+            Message(content=content(cid), message_type=kind, dst_node_id=self.node_of_client[cid])
             for cid in clients
         ]
 
@@ -213,6 +232,7 @@ def round_entry(
         "clients_failed": len(failures),
         "partial": bool(failures),
         "trained_clients": sorted(trained),
+        **restarted_heads(trained, evaluated),
         "per_client": per_client,
         "failures": failures,
         "timing": {
@@ -220,6 +240,14 @@ def round_entry(
             "evaluate_clients": phase_seconds(evaluated),
         },
     }
+
+
+def restarted_heads(trained: dict[int, dict], evaluated: dict[int, dict]) -> dict:
+    """`restarted_heads`: clients that started over from their initial head this round because
+    theirs was lost (`restart_lost_heads`); absent when there are none."""
+    phases = (trained, evaluated)
+    restarted = sorted({cid for p in phases for cid, m in p.items() if m.get(RESTARTED_METRIC)})
+    return {"restarted_heads": restarted} if restarted else {}
 
 
 def check_enough(

@@ -172,6 +172,7 @@ def validate_config(cfg: DictConfig) -> None:
                 MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
+    check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))
     validate_dataset(cfg)
     check_performance(cfg)  # the device module's switches
     for key in ("server_device", "client_device"):

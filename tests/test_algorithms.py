@@ -77,7 +77,7 @@ def test_what_leaves_the_client_and_what_stays_is_what_it_saved(tmp_path, algori
         assert all(torch.equal(saved[k], state[k].cpu()) for k in personal)
         # the next round starts from what was saved, whatever else the worker did meanwhile
         worker.train(1, 1, sent)
-        model = worker.prepare_model(0, sent, before_round=2)
+        model, _ = worker.prepare_model(0, sent, before_round=2)
         assert all(torch.equal(model.state_dict()[k].cpu(), saved[k]) for k in personal)
     else:
         assert saved is None

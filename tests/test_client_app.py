@@ -109,7 +109,8 @@ def test_head_used_in_round_2_is_the_one_saved_after_round_1(tmp_path):
     assert any(not torch.equal(saved[k], initial[k]) for k in initial)
     second.train(1)  # another client trains in between on the same worker (same model object)
     worker = next(iter(client._WORKERS.values()))
-    model = worker.prepare_model(0, first.shared, before_round=2)
+    model, restarted = worker.prepare_model(0, first.shared, before_round=2, head_round=1)
+    assert not restarted
     for key, value in saved.items():
         assert torch.equal(model.state_dict()[key], value), key
     first.train(2)
@@ -133,7 +134,7 @@ def test_a_client_not_yet_trained_starts_from_the_seeded_initial_head(tmp_path):
     node = Node(plan, 1)
     node.introduce()
     worker = next(iter(client._WORKERS.values()))
-    model = worker.prepare_model(1, node.shared, before_round=1)
+    model, _ = worker.prepare_model(1, node.shared, before_round=1, head_round=0)
     initial = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed)
     for key, value in initial.part_state(("head",)).items():
         assert torch.equal(model.state_dict()[key], value)

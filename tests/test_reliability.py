@@ -175,8 +175,11 @@ def test_sigterm_and_sigint_stop_cleanly_leaving_nothing(
 @pytest.mark.parametrize(
     ("module", "extra", "program"),
     [
-        ("fedper.bench", ["dataset.size=400", "bench.prep_repeats=1", "hydra.run.dir=bench"],
-         "fedper.bench"),
+        (
+            "fedper.bench",
+            ["dataset.size=400", "bench.prep_repeats=1", "hydra.run.dir=bench"],
+            "fedper.bench",
+        ),
         ("fedper.demo", [], "fedper"),  # writes under outputs/demo/
     ],
 )

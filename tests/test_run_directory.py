@@ -17,7 +17,7 @@ from conftest import make_config
 from harness import SMALL, run_local
 
 from fedper.commit import RoundCommit
-from fedper.errors import ConfigError, Interrupted, StateFileError
+from fedper.errors import ConfigError, FedPerError, Interrupted, StateFileError
 from fedper.experiment import run_experiment
 from fedper.results import PARTIAL_LABEL, load_results, results_figure
 from fedper.rundir import RunDirError, RunLock
@@ -183,7 +183,8 @@ def test_resume_refuses_any_override_but_a_higher_num_rounds(finished):
     assert str(error.value) == (
         f"resume={run_dir} continues a run with its own settings, and learning_rate=0.5 would "
         "change them: only num_rounds may be raised (and where it runs: engine, devices, "
-        "client_resources, performance); start a new run for other settings"
+        "client_resources, performance; and restart_lost_heads); start a new run for other "
+        "settings"
     )
     with pytest.raises(ConfigError) as error:
         resume(run_dir, ["num_rounds=1"], engine=no_engine)
@@ -301,3 +302,41 @@ def test_where_a_run_runs_may_change_between_legs_and_on_resume(tmp_path):
     assert [r["round"] for r in resumed["rounds"]] == [1, 2]
     with pytest.raises(ConfigError, match="learning_rate=0.5 would change them"):
         resume(tmp_path / "run", ["learning_rate=0.5"], engine=no_engine)
+
+
+def heads_of(root, run_dir):
+    return root / "states" / load_results(run_dir)["run_id"]
+
+
+def test_a_head_lost_between_legs_stops_the_resume_until_the_client_is_restarted(tmp_path):
+    first = start(tmp_path, ["num_rounds=1"])
+    run_dir = tmp_path / "run"
+    assert first["rounds"][0]["trained_clients"] == [0, 1, 2]
+    lost = heads_of(tmp_path, run_dir) / "client_1.pt"
+    lost.unlink()  # a wiped state_dir, or a node started with another one
+    with pytest.raises(FedPerError) as error:
+        resume(run_dir, ["num_rounds=2"])
+    assert str(error.value) == (
+        f"client 1 trained in round 1, but its head from that round is not in {lost} (there is "
+        "none): restore the node's state_dir, or resume with restart_lost_heads=true to start "
+        "this client over from its initial head, or start a fresh run"
+    )
+    assert len(load_results(run_dir)["rounds"]) == 1, "a round was committed without client 1"
+
+    resumed = resume(run_dir, ["num_rounds=2", "restart_lost_heads=true"])
+    assert [r.get("restarted_heads") for r in resumed["rounds"]] == [None, [1]]
+    assert resumed["config"]["restart_lost_heads"] is True
+    resume(run_dir, ["num_rounds=3"])  # client 1 has a head from round 2 again
+
+
+def test_a_head_file_restored_from_an_older_copy_stops_the_resume(tmp_path):
+    start(tmp_path, ["num_rounds=1"])
+    run_dir = tmp_path / "run"
+    head = heads_of(tmp_path, run_dir) / "client_2.pt"
+    after_round_1 = head.read_bytes()
+    resume(run_dir, ["num_rounds=2"])
+    head.write_bytes(after_round_1)  # versions {1}, where the server counts round 2
+    with pytest.raises(FedPerError, match=r"^client 2 trained in round 2, but .*\(its newest is "
+                       r"from round 1\): restore the node's state_dir, or resume with "
+                       "restart_lost_heads=true"):  # fmt: skip
+        resume(run_dir, ["num_rounds=3"])

@@ -37,6 +37,8 @@ def test_a_client_reads_the_newest_head_older_than_the_round_it_trains_in(tmp_pa
     # a head written in a round that never completed (5) is not used to redo round 5
     store.save(0, 5, head(5.0))
     assert torch.equal(store.load(0, before_round=5)["head.w"], head(3.0)["head.w"])
+    assert store.load_version(0, before_round=5)[0] == 3  # the round it was saved in
+    assert store.load_version(0, before_round=6)[0] == 5
     assert store.load(1, before_round=9) is None  # each client only ever sees its own
 
 
