@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from harness import set_task_identity
 
 from fedper.errors import FedPerError
@@ -120,3 +128,21 @@ def test_summaries_do_not_depend_on_the_order_clients_answered():
                                                     rng.integers(1, 50, 9), strict=True))}  # fmt: skip
     shuffled = dict(sorted(per_client.items(), key=lambda item: -item[0]))
     assert summarize_evaluation(per_client) == summarize_evaluation(shuffled)
+
+
+def test_each_message_names_the_last_round_the_clients_training_counted_in():
+    strategy = FedPerStrategy(NODES, 4, seed=1)
+    config = ConfigRecord({"server-round": 3})
+
+    def head_rounds(kind=MessageType.EVALUATE):
+        messages = strategy._messages(sorted(NODES), ArrayRecord(), config, kind)
+        return {strategy.client_of_node[m.metadata.dst_node_id]: m.content["config"]["head-round"]
+                for m in messages}  # fmt: skip
+
+    assert head_rounds() == {0: 0, 1: 0, 2: 0, 3: 0}  # nobody has trained yet
+    strategy.restore_head_rounds([{"round": 1, "trained_clients": [0, 1]},
+                                  {"round": 2, "trained_clients": [1, 2]}])  # fmt: skip
+    assert head_rounds() == {0: 1, 1: 2, 2: 2, 3: 0}
+    strategy.count_training(3, [reply_from(0, {}), failed(3, "boom")])  # a failure counts not
+    assert head_rounds(MessageType.TRAIN) == {0: 3, 1: 2, 2: 2, 3: 0}
+    assert "head-round" not in config  # each client's config is its own copy
