@@ -193,6 +193,19 @@ def test_an_unfinished_run_counts_its_last_round(tmp_path: Path) -> None:
     assert row["last5_mean"] == pytest.approx((0.25 + 0.3) / 2)  # the missing round left out
 
 
+def test_a_run_whose_clients_restarted_their_heads_is_named(tmp_path: Path, caplog) -> None:
+    write_run(tmp_path / "clean", config("fedper", 1), [0.1, 0.2, 0.3, 0.4])
+    restarted = write_run(
+        tmp_path / "restarted", config("fedper", 2), [0.1, 0.2, 0.3, 0.4],
+        restarted_heads=[None, [1, 4], [1], None],
+    )  # fmt: skip
+    load_runs([tmp_path])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{restarted / 'results.json'}: clients started over from their initial head in "
+        "round(s) [2, 3] (restart_lost_heads)"
+    ]
+
+
 def run_plot(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fedper.plot", *args],

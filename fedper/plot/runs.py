@@ -116,6 +116,9 @@ def load_runs(folders: Iterable[str | Path], metric: str = "test") -> pd.DataFra
         done, planned = max(r["round"] for r in rounds), config.get("num_rounds")
         if planned is not None and done < planned:
             log.warning("%s: %d of %d rounds; its final accuracy is round %d's", path, done, planned, done)  # fmt: skip
+        restarted = [r["round"] for r in rounds if r.get("restarted_heads")]
+        if restarted:
+            log.warning("%s: clients started over from their initial head in round(s) %s (restart_lost_heads)", path, restarted)  # fmt: skip
         key = json.dumps(setting, sort_keys=True, default=str)
         for entry in rounds:
             rows.append(
