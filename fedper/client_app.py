@@ -1,11 +1,12 @@
 """The ClientApp: Flower messages in, calls into `fedper.client`, messages out.
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
-ConfigRecord, the round, the last round its training counted in, the shared arrays) or comes from the node's own config
-(`partition-id`, `num-partitions`, `data-dir`, `state-dir`). A problem that makes the client
-unfit for the run (a folder it cannot see, a partition that differs from the server's, an
-out-of-memory GPU) is answered with a `fatal` record, and the server stops the run with it;
-any other exception is an ordinary client failure, recorded for the round.
+ConfigRecord, the round, the last round its training counted in, the shared arrays) or comes
+from the node's own config (`partition-id`, `num-partitions`, `data-dir`, `state-dir`). A
+problem that makes the client unfit for the run (a folder it cannot see, a partition that
+differs from the server's, an out-of-memory GPU) is answered with a `fatal` record, and the
+server stops the run with it; any other exception is an ordinary client failure, recorded for
+the round.
 """
 
 from __future__ import annotations

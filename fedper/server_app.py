@@ -24,7 +24,7 @@ from fedper.config import SPEC_KEY, RunPlan
 from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
 from fedper.rundir import RunLock
-from fedper.strategy import FedPerStrategy, record_bytes, round_entry
+from fedper.strategy import FedPerStrategy, client_metrics, record_bytes, round_entry
 
 log = logging.getLogger("fedper")
 app = ServerApp()
@@ -196,7 +196,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         train_messages = list(strategy.configure_train(round_num, record, config, grid))
         train_replies = link.exchange(train_messages, strategy.client_of_node)
         trained_at = time.perf_counter()
-        strategy.count_training(round_num, train_replies)
+        strategy.count_training(round_num, client_metrics(train_replies))
         aggregated = strategy.aggregate_shared(round_num, train_replies)
         if aggregated is not None and arrays:
             arrays = aggregated

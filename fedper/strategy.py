@@ -43,18 +43,17 @@ class FedPerStrategy(FedAvg):
         # cid -> the last round whose training by that client counted: its head is from then
         self.head_round: dict[int, int] = {}
 
-    def count_training(self, round_num: int, replies: Iterable[Message]) -> None:
-        """Clients whose training succeeded saved their head in `round_num`; from now on
-        their messages say so, and a client whose store lacks that head stops the run."""
-        for msg in replies:
-            if not msg.has_error():
-                self.head_round[self.client_of_node[msg.metadata.src_node_id]] = round_num
+    def count_training(self, round_num: int, trained: Iterable[int]) -> None:
+        """The clients whose training succeeded (a round's `trained_clients`) saved their head
+        in `round_num`; from now on their messages say so, and a client whose store lacks that
+        head stops the run."""
+        for cid in trained:
+            self.head_round[int(cid)] = round_num
 
     def restore_head_rounds(self, rounds: Iterable[dict]) -> None:
-        """`head_round` after the committed rounds of a resumed run (their `trained_clients`)."""
+        """`head_round` after the committed rounds of a resumed run."""
         for entry in rounds:
-            for cid in entry.get("trained_clients", ()):
-                self.head_round[int(cid)] = int(entry["round"])
+            self.count_training(int(entry["round"]), entry.get("trained_clients", ()))
 
     def sample_clients(self, server_round: int) -> list[int]:
         """The clients that train in a round: a pure function of seed and round."""

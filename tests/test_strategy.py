@@ -17,7 +17,13 @@ from flwr.app import (
 from harness import set_task_identity
 
 from fedper.errors import FedPerError
-from fedper.strategy import FedPerStrategy, failure_reason, round_entry, summarize_evaluation
+from fedper.strategy import (
+    FedPerStrategy,
+    client_metrics,
+    failure_reason,
+    round_entry,
+    summarize_evaluation,
+)
 
 NODES = {0: 100, 1: 101, 2: 102, 3: 103}  # client id -> node id
 
@@ -143,6 +149,7 @@ def test_each_message_names_the_last_round_the_clients_training_counted_in():
     strategy.restore_head_rounds([{"round": 1, "trained_clients": [0, 1]},
                                   {"round": 2, "trained_clients": [1, 2]}])  # fmt: skip
     assert head_rounds() == {0: 1, 1: 2, 2: 2, 3: 0}
-    strategy.count_training(3, [reply_from(0, {}), failed(3, "boom")])  # a failure counts not
+    trained = client_metrics([reply_from(0, {}), failed(3, "boom")])  # a failure counts not
+    strategy.count_training(3, trained)
     assert head_rounds(MessageType.TRAIN) == {0: 3, 1: 2, 2: 2, 3: 0}
     assert "head-round" not in config  # each client's config is its own copy
