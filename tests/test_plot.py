@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 from plot_results import config, write_run
 
 from fedper.algorithms import ALGORITHMS
@@ -39,7 +40,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_summary_gives_mean_and_95_percent_interval_over_seeds(sweep: Path, tmp_path: Path) -> None:
-    output = plot_runs([sweep], tmp_path / "out")
+    output = plot_runs([sweep], tmp_path / "out", target=0.5)
     summary = output.summary
     assert len(summary) == 2  # seeds, paths and devices do not split a setting
     assert list(summary["algorithm"]) == ["fedper", "fedavg"]  # the registry's order
@@ -55,8 +56,13 @@ def test_summary_gives_mean_and_95_percent_interval_over_seeds(sweep: Path, tmp_
     # FedAvg last 5: 0.225 0.35 0.3, mean 0.291667, s 0.062915, half 4.302653 * s / sqrt(3) = 0.156290
     assert fedavg["last5_mean"] == pytest.approx(0.291667, abs=1e-6)
     assert fedavg["last5_half_width"] == pytest.approx(0.156290, abs=1e-6)
-    # 95% of each FedPer plateau (0.499, 0.594, 0.689) is first reached in round 2
-    assert fedper["round_to_95_mean"] == 2 and fedper["round_to_95_half_width"] == 0
+    # the mean over all 4 rounds is the last-5 mean here; 0.5 is first reached in round 2
+    assert fedper["auc_mean"] == pytest.approx(0.625)
+    assert fedper["round_to_target_mean"] == 2 and fedper["round_to_target_half_width"] == 0
+    assert fedper["never_reached_target"] == 0
+    # FedAvg seeds 1 and 3 never reach 0.5 (round 5 each), seed 2 in round 3: mean 13/3
+    assert fedavg["round_to_target_mean"] == pytest.approx(13 / 3)
+    assert fedavg["never_reached_target"] == 2
     assert fedper["seeds"] == "1 2 3" and fedper["num_seeds"] == 3
     assert fedper["rounds_done"] == 4 and fedper["partial_rounds"] == 0
     # the files hold the same table
@@ -64,9 +70,11 @@ def test_summary_gives_mean_and_95_percent_interval_over_seeds(sweep: Path, tmp_
     assert on_disk["final_mean"].tolist() == pytest.approx(summary["final_mean"].tolist())
     assert on_disk["final_ci_high"].tolist() == pytest.approx(summary["final_ci_high"].tolist())
     markdown = (tmp_path / "out" / "summary.md").read_text()
-    row = "| digits | MobileNet-v1 | FedPer | 4 | 2 | 4 | 3 (1–3) | 0.800 ± 0.248 | 0.625 ± 0.248 | – | 2.0 ± 0.0 | 0 |"  # fmt: skip
+    row = "| digits | MobileNet-v1 | FedPer | 4 | 2 | 4 | 3 (1–3) | 0.800 ± 0.248 | 0.625 ± 0.248 | 0.625 ± 0.248 | 2.0 ± 0.0 | – | – | – | 0 |"  # fmt: skip
     assert row in markdown
+    assert "| 4.3 ± 2.9 (2 never) |" in markdown
     assert "95% confidence interval" in markdown and "test at best val round" in markdown
+    assert "round to 0.50" in markdown
 
 
 def test_one_seed_is_shown_without_an_interval(tmp_path: Path) -> None:
@@ -91,15 +99,17 @@ def test_curves_are_the_per_round_mean_over_seeds(sweep: Path) -> None:
         assert curve["partial_seeds"].tolist() == [0, 0, 0, 0]
 
 
-def test_pngs_are_named_after_the_figure_and_not_empty(sweep: Path, tmp_path: Path) -> None:
-    pngs = plot_runs([sweep], tmp_path / "default", band="ci").pngs
-    assert [p.name for p in pngs] == ["accuracy_digits_mobile.png"]
+def test_figures_are_named_after_the_figure_as_png_and_pdf(sweep: Path, tmp_path: Path) -> None:
+    figures = plot_runs([sweep], tmp_path / "default", band="ci").figures
+    assert [p.name for p in figures] == ["accuracy_digits_mobile.png", "accuracy_digits_mobile.pdf"]
     output = plot_runs([sweep], tmp_path / "named", figure="figure2")
-    assert [p.name for p in output.pngs] == ["figure2_mobile.png"]
+    assert [p.name for p in output.figures] == ["figure2_mobile.png", "figure2_mobile.pdf"]
     assert [p.name for p in output.tables] == ["figure2_summary.csv", "figure2_summary.md"]
-    for png in output.pngs:
-        assert png.stat().st_size > 1000
-        assert png.read_bytes().startswith(b"\x89PNG")
+    png, pdf = output.figures
+    assert png.read_bytes().startswith(b"\x89PNG") and pdf.read_bytes().startswith(b"%PDF")
+    with Image.open(png) as image:
+        assert image.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+        assert image.width >= 1800  # a slide's width at 300 dpi
 
 
 def partial_lines(ax) -> list:
@@ -122,23 +132,27 @@ def test_partial_rounds_are_marked_on_the_curve_and_counted(tmp_path: Path) -> N
     curves = accuracy_curves(runs)
     fedper = curves[curves["algorithm"] == "fedper"].sort_values("round")
     assert fedper["partial_seeds"].tolist() == [0, 1, 1, 0]
-    [(_, fig)] = build_figures(curves)
+    [(_, fig)] = build_figures(runs)
     [ax] = fig.axes
     markers = [line for line in partial_lines(ax) if len(line.get_xdata())]
     assert len(markers) == 1  # FedAvg had none
     assert list(markers[0].get_xdata()) == [2, 3]
     assert list(markers[0].get_ydata()) == pytest.approx([0.5, 0.7])  # on the mean curve
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert PARTIAL_LABEL in legend
+    assert PARTIAL_LABEL in legend_texts(fig)
     summary = summary_table(runs).set_index("algorithm")
     assert summary.loc["fedper", "partial_rounds"] == 2
     assert summary.loc["fedavg", "partial_rounds"] == 0
 
 
+def legend_texts(fig) -> list[str]:
+    [legend] = fig.legends  # one legend for the figure, outside every panel
+    return [text.get_text() for text in legend.get_texts()]
+
+
 def test_no_partial_marker_without_partial_rounds(sweep: Path) -> None:
-    [(_, fig)] = build_figures(accuracy_curves(load_runs([sweep])))
+    [(_, fig)] = build_figures(load_runs([sweep]))
     assert partial_lines(fig.axes[0]) == []
-    assert PARTIAL_LABEL not in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert PARTIAL_LABEL not in legend_texts(fig)
 
 
 def test_labels_styles_and_order_come_from_the_registries(
@@ -150,11 +164,12 @@ def test_labels_styles_and_order_come_from_the_registries(
     monkeypatch.setattr("fedper.plot.display.ALGORITHMS", {"fedavg": renamed, **ALGORITHMS})
     runs = load_runs([sweep])
     assert list(summary_table(runs)["algorithm"]) == ["fedavg", "fedper"]
-    [(_, fig)] = build_figures(accuracy_curves(runs))
+    [(_, fig)] = build_figures(runs)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert lines["Averaged"].get_linestyle() == ":"
     assert lines["FedPer"].get_linestyle() == "-"
-    assert "MobileNet-v1" in fig.axes[0].get_title()
+    assert legend_texts(fig) == ["Averaged", "FedPer"]
+    assert fig.get_suptitle().startswith("MobileNet-v1 on digits")
 
 
 def test_no_plot_module_lists_algorithm_or_model_names() -> None:
@@ -179,7 +194,10 @@ def test_settings_differ_in_any_key_but_seeds_and_paths(tmp_path: Path) -> None:
     assert "state_dir" not in summary.columns and "server_device" not in summary.columns
     assert sorted(summary["learning_rate"]) == [0.01, 0.01, 0.1]
     assert (summary["num_seeds"] == 2).all()
-    assert sorted(p.name for p in output.pngs) == ["sweep_mobile.png", "sweep_resnet.png"]
+    assert sorted(p.name for p in output.figures if p.suffix == ".png") == [
+        "sweep_mobile.png",
+        "sweep_resnet.png",
+    ]
 
 
 def test_an_unfinished_run_counts_its_last_round(tmp_path: Path) -> None:
@@ -201,7 +219,7 @@ def test_a_run_whose_clients_restarted_their_heads_is_named(tmp_path: Path, capl
     )  # fmt: skip
     load_runs([tmp_path])
     assert [r.getMessage() for r in caplog.records] == [
-        f"{restarted / 'results.json'}: clients started over from their initial head in "
+        f"{restarted}: clients started over from their initial head in "
         "round(s) [2, 3] (restart_lost_heads)"
     ]
 
@@ -234,11 +252,17 @@ def test_command_line_writes_figures_summary_and_differences(sweep: Path, tmp_pa
     assert final["difference_mean"] == pytest.approx(-0.4)
     assert final["difference_half_width"] == pytest.approx(0.248414, abs=1e-6)
     assert final["verdict"] == "resolved: FedPer ahead"
+    # t = -0.4 / (0.1 / sqrt 3) = -6.928 with 2 degrees of freedom, where the two-sided
+    # p-value is 1 - |t| / sqrt(2 + t^2) = 0.0202; one comparison per measure: Holm p = p
+    assert final["p_value"] == pytest.approx(0.020204, abs=1e-6)
+    assert final["p_holm"] == pytest.approx(final["p_value"]) and final["family_size"] == 1
     markdown = (out / "figure2_differences.md").read_text()
     assert (
-        "| FedAvg − FedPer | final round | -0.400 ± 0.248 | [-0.648, -0.152] | 3 "
-        "| 1: -0.400, 2: -0.300, 3: -0.500 | resolved: FedPer ahead |"
+        "| FedAvg − FedPer | -0.400 ± 0.248 | [-0.648, -0.152] | 3 "
+        "| 1: -0.400, 2: -0.300, 3: -0.500 | 0.020 | resolved: FedPer ahead "
+        "| 0.020 | resolved: FedPer ahead |"
     ) in markdown
+    assert "### final round (a family of 1 comparison, Holm-adjusted)" in markdown
     assert "FedPer" in result.stdout and "FedAvg − FedPer" in result.stdout
 
 

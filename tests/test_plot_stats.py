@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 from plot_results import config, write_run
 
-from fedper.plot import load_runs, mean_interval, paired_differences, parse_comparison
-from fedper.plot.compare import verdict
+from fedper.plot import (
+    build_figures,
+    holm,
+    load_runs,
+    mean_interval,
+    p_value,
+    paired_differences,
+    parse_comparison,
+)
+from fedper.plot.compare import PAIRED_MEASURES, verdict
 from fedper.plot.runs import PlotError
 from fedper.plot.stats import Interval, run_measures, summary_table, t_quantile
 
@@ -75,24 +83,76 @@ def test_runs_without_validation_have_no_best_round(tmp_path: Path) -> None:
     assert row["final_n"] == 2
 
 
-def test_plateau_is_the_last_five_rounds_and_speed_the_first_round_at_95_percent(
-    tmp_path: Path,
-) -> None:
-    # last 5 rounds: 0.90 0.85 0.90 0.95 0.90, mean 0.90; 95% of it 0.855: first reached in round 4
+def test_level_area_and_rounds_to_a_fixed_target_by_hand(tmp_path: Path) -> None:
+    # 8 rounds: last 5 are 0.90 0.85 0.90 0.95 0.90 (mean 0.90); all 8 sum to 5.9 (mean
+    # 0.7375); 0.9 is first reached in round 4
     long = [0.10, 0.50, 0.80, 0.90, 0.85, 0.90, 0.95, 0.90]
     write_run(tmp_path / "long", config("fedper", 1, num_rounds=8), long)
-    # 3 rounds: the plateau is all of them, mean 0.5; 95% of it 0.475: round 2 (0.6)
+    # 3 rounds: the plateau and the area are all of them, mean 0.5; 0.9 never reached:
+    # counted as round 3 + 1
     write_run(tmp_path / "short", config("fedavg", 1, num_rounds=3), [0.2, 0.6, 0.7])
-    measures = run_measures(load_runs([tmp_path])).set_index("run")
+    measures = run_measures(load_runs([tmp_path]), target=0.9).set_index("run")
     long_run, short_run = (
         measures.loc[str(tmp_path / "long")],
         measures.loc[str(tmp_path / "short")],
     )
     assert long_run["last5"] == pytest.approx(0.90)
-    assert long_run["round_to_95"] == 4
-    assert short_run["last5"] == pytest.approx(0.5)
-    assert short_run["round_to_95"] == 2
+    assert long_run["auc"] == pytest.approx(0.7375)
+    assert long_run["round_to_target"] == 4 and long_run["reached_target"]
+    assert short_run["last5"] == pytest.approx(0.5) and short_run["auc"] == pytest.approx(0.5)
+    assert short_run["round_to_target"] == 4 and not short_run["reached_target"]
     assert short_run["final"] == pytest.approx(0.7)
+
+
+def test_only_evaluated_rounds_count_in_tables_and_figures(tmp_path: Path) -> None:
+    """Rounds with `evaluated: false` (sampled evaluation) and null accuracies are left out."""
+    accuracies = [0.10, None, 0.80, None, 0.85, None, 0.95, 0.90]
+    evaluated = [a is not None for a in accuracies]
+    write_run(tmp_path / "sparse", config("fedper", 1, num_rounds=8), accuracies, evaluated=evaluated)  # fmt: skip
+    runs = load_runs([tmp_path])
+    assert runs["round"].tolist() == [1, 3, 5, 7, 8]
+    row = summary_table(runs, target=0.9).iloc[0]
+    # evaluated rounds 0.10 0.80 0.85 0.95 0.90: last 5 and area 3.6 / 5 = 0.72; 0.9 first in round 7
+    assert row["final_mean"] == pytest.approx(0.90)
+    assert row["last5_mean"] == pytest.approx(0.72) and row["auc_mean"] == pytest.approx(0.72)
+    assert row["round_to_target_mean"] == 7
+    [(_, fig)] = build_figures(runs)
+    [line] = [line for line in fig.axes[0].get_lines() if line.get_label() == "FedPer"]
+    assert list(line.get_xdata()) == [1, 3, 5, 7, 8]
+
+
+def test_example_weighted_accuracy_is_recorded_or_computed_from_the_clients(tmp_path: Path) -> None:
+    clients = {"0": {"accuracy": 1.0, "num_examples": 30, "val_accuracy": 0.5, "num_val_examples": 10},
+               "1": {"accuracy": 0.5, "num_examples": 10, "val_accuracy": 1.0, "num_val_examples": 30}}  # fmt: skip
+    # test: (30 * 1.0 + 10 * 0.5) / 40 = 0.875; validation: (10 * 0.5 + 30 * 1.0) / 40 = 0.875
+    write_run(tmp_path / "computed", config("fedper", 1, num_rounds=1), [0.75], [0.75], per_client=[clients])  # fmt: skip
+    write_run(tmp_path / "recorded", config("fedper", 2, num_rounds=1), [0.75], accuracy_weighted=[0.6])  # fmt: skip
+    measures = run_measures(load_runs([tmp_path])).set_index("seed")
+    assert measures.loc[1, "final_weighted"] == pytest.approx(0.875)
+    assert measures.loc[1, "final"] == pytest.approx(0.75)
+    assert measures.loc[2, "final_weighted"] == pytest.approx(0.6)
+    on_validation = run_measures(load_runs([tmp_path / "computed"], metric="val"))
+    assert on_validation["final_weighted"].iloc[0] == pytest.approx(0.875)
+
+
+def test_paired_t_test_p_values_by_hand() -> None:
+    # -0.1 0.0 -0.3: t = -0.1333 / (0.1528 / sqrt 3) = -1.512 with 2 degrees of freedom,
+    # two-sided p = 1 - |t| / sqrt(2 + t^2) = 0.2697
+    assert p_value([-0.1, 0.0, -0.3]) == pytest.approx(0.269703, abs=1e-6)
+    assert p_value([0.2, 0.2, 0.2]) == 0.0  # no spread, not 0: as certain as it gets
+    assert p_value([0.0, 0.0]) == 1.0
+    assert math.isnan(p_value([0.3])) and math.isnan(p_value([]))
+
+
+def test_holm_adjusts_a_family_step_down_by_hand() -> None:
+    # sorted 0.005 0.01 0.03 0.04 (m = 4): 4 * 0.005 = 0.02, 3 * 0.01 = 0.03,
+    # 2 * 0.03 = 0.06, 1 * 0.04 = 0.04 -> kept at 0.06 (adjusted values never decrease)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # a comparison without a test (NaN) is outside the family: m = 2
+    adjusted = holm([math.nan, 0.2, 0.01])
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.2, 0.02])
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
 
 
 def test_partial_rounds_are_counted_from_the_flag_or_older_failure_counts(tmp_path: Path) -> None:
@@ -139,7 +199,8 @@ def test_paired_differences_use_only_shared_seeds_within_a_group(tmp_path: Path)
     assert final["difference_half_width"] == pytest.approx(0.379458, abs=1e-6)
     assert final["difference_n"] == 3
     assert final["verdict"] == "not resolved"
-    assert set(table["measure"]) == {"final", "last5"}
+    assert final["p_value"] == pytest.approx(0.269703, abs=1e-6)  # see the p-value test
+    assert set(table["measure"]) == set(PAIRED_MEASURES)
 
 
 def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None:
@@ -166,3 +227,35 @@ def test_tables_on_validation_data_read_only_validation_accuracy(tmp_path):
     written = sorted(p.name for p in output.tables)
     assert written == ["val_summary.csv", "val_summary.md"]
     assert "These are validation accuracies" in (tmp_path / "out" / "val_summary.md").read_text()
+
+
+def test_each_measure_is_a_holm_family_over_every_comparison_of_the_table(tmp_path: Path) -> None:
+    # FedPer reaches 0.5 in round 2 on every seed; FedAvg in rounds 5 (never), 3, 5 (never):
+    # FedAvg - FedPer = +3, +1, +3 rounds, mean 2.33, p 0.0728; fewer rounds is ahead
+    fedper = {1: [0.2, 0.5, 0.7, 0.7], 2: [0.3, 0.6, 0.8, 0.8], 3: [0.4, 0.7, 0.9, 0.9]}
+    fedavg = {1: [0.1, 0.2, 0.3, 0.3], 2: [0.1, 0.3, 0.5, 0.5], 3: [0.2, 0.2, 0.4, 0.4]}
+    local = {1: [0.3, 0.4, 0.6, 0.6], 2: [0.2, 0.5, 0.6, 0.9], 3: [0.1, 0.6, 0.7, 0.8]}
+    for algorithm, per_seed in (("fedper", fedper), ("fedavg", fedavg), ("local", local)):
+        for seed, accuracies in per_seed.items():
+            write_run(tmp_path / f"{algorithm}_{seed}", config(algorithm, seed), accuracies)
+    table = paired_differences(load_runs([tmp_path]), [parse_comparison("algorithm=fedper")], 0.5)
+    speed = table[table["measure"] == "round_to_target"].set_index("other")
+    assert speed.loc["fedavg", "differences"] == "+3.000000 +1.000000 +3.000000"
+    assert speed.loc["fedavg", "p_value"] == pytest.approx(0.072827, abs=1e-6)
+    assert speed.loc["fedavg", "never_reached_target"] == 2
+    assert speed.loc["fedavg", "verdict"] == "not resolved"
+    for measure, family in table.groupby("measure"):
+        if measure.endswith("_weighted"):  # these runs record no per-client numbers
+            assert (family["family_size"] == 0).all() and family["p_holm"].isna().all()
+            assert set(family["verdict_holm"]) == {"no shared seeds"}
+            continue
+        assert (family["family_size"] == 2).all()  # FedAvg and Local against FedPer
+        assert family["p_holm"].tolist() == pytest.approx(holm(family["p_value"].tolist()))
+        for _, row in family.iterrows():
+            resolved = row["p_holm"] < 0.05
+            assert row["verdict_holm"].startswith("resolved") == resolved, measure
+    final = table[table["measure"] == "final"].set_index("other").loc["fedavg"]
+    # -0.4 -0.3 -0.5: p 0.0202 alone; Local's final differences -0.1 +0.1 -0.1 give p 0.667,
+    # so Holm: 2 * 0.0202 = 0.0404 < 0.05, still resolved
+    assert final["p_holm"] == pytest.approx(2 * final["p_value"])
+    assert final["verdict_holm"] == "resolved: FedPer ahead"

@@ -1,4 +1,7 @@
-"""`python -m fedper.plot`: figures, the summary table and paired differences from results files."""
+"""`python -m fedper.plot`: figures, the summary table and paired differences from runs.
+
+`python -m fedper.plot pack <sweep folder> --out <file>.jsonl.gz` packs a sweep into one file.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ import pandas as pd
 
 from fedper.plot.compare import paired_differences, parse_comparison
 from fedper.plot.figures import BANDS, draw_figures
-from fedper.plot.runs import PlotError, load_runs
-from fedper.plot.stats import accuracy_curves, summary_table
+from fedper.plot.pack import pack_sweep
+from fedper.plot.runs import PlotError, iter_runs, load_runs
+from fedper.plot.stats import DEFAULT_TARGET, summary_table
 from fedper.plot.tables import differences_markdown, summary_markdown, write_table
 
 
@@ -24,51 +28,72 @@ class PlotOutput:
 
     summary: pd.DataFrame
     differences: pd.DataFrame | None
-    pngs: list[Path]
+    figures: list[Path]
     tables: list[Path] = field(default_factory=list)
 
 
+def reused_runs(specs: Iterable[str]) -> dict[str, str]:
+    """run_id -> name for every `[NAME=]SOURCE` of --reused-from (NAME defaults to SOURCE)."""
+    found = {}
+    for spec in specs:
+        name, sep, source = spec.rpartition("=")
+        name = name if sep and name else source
+        for _, run in iter_runs([source]):
+            found.setdefault(run.get("run_id"), name)
+    found.pop(None, None)
+    return found
+
+
 def plot_runs(
-    folders: Iterable[str | Path],
+    sources: Iterable[str | Path],
     out_dir: str | Path,
     figure: str | None = None,
     band: str = "minmax",
     compare: Sequence[str] = (),
     metric: str = "test",
+    target: float = DEFAULT_TARGET,
+    reused_from: Sequence[str] = (),
 ) -> PlotOutput:
-    """Figures, summary and (with `compare`) paired differences for every results.json below."""
-    # With `figure`, files are `<figure>_<model>.png`, `<figure>_summary.{csv,md}` and
+    """Figures, summary and (with `compare`) paired differences for every run of the sources."""
+    # With `figure`, files are `<figure>_<model>.{png,pdf}`, `<figure>_summary.{csv,md}` and
     # `<figure>_differences.{csv,md}`, so several figures can share one output folder;
-    # without, `accuracy_<dataset>_<model>.png`, `summary.*` and `differences.*`.
+    # without, `accuracy_<dataset>_<model>.*`, `summary.*` and `differences.*`.
     comparisons = [parse_comparison(spec) for spec in compare]  # a typo fails before drawing
-    runs = load_runs(folders, metric)
+    if not 0 < target <= 1:
+        raise PlotError(f"--target {target}: give an accuracy between 0 and 1, e.g. 0.9")
+    runs = load_runs(sources, metric)
+    reused = reused_runs(reused_from)
+    runs["reused_from"] = [reused.get(run_id, "") for run_id in runs["run_id"]]
     # tables on validation data get their own names, so they never overwrite the test ones
     prefix = (f"{figure}_" if figure else "") + ("val_" if metric == "val" else "")
-    differences = paired_differences(runs, comparisons) if comparisons else None
     split = "test" if metric == "test" else "validation"
+    differences = paired_differences(runs, comparisons, target) if comparisons else None
     stem = figure if metric == "test" else f"{figure or 'accuracy'}_val"
-    pngs = draw_figures(accuracy_curves(runs), out_dir, stem, band, split)
-    summary = summary_table(runs)
+    figures = draw_figures(runs, out_dir, stem, band, split)
+    summary = summary_table(runs, target)
     tables = write_table(summary, summary_markdown(summary, split), out_dir, f"{prefix}summary")
     if differences is not None and len(differences):
-        markdown = differences_markdown(differences)
+        markdown = differences_markdown(differences, split)
         tables += write_table(differences, markdown, out_dir, f"{prefix}differences")
-    return PlotOutput(summary, differences, pngs, tables)
+    return PlotOutput(summary, differences, figures, tables)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: exit 0 with figures written, 2 with a one-line error."""
+def plot_parser() -> argparse.ArgumentParser:
+    """The arguments of `python -m fedper.plot <sources> ...`."""
     parser = argparse.ArgumentParser(
         prog="python -m fedper.plot",
-        description="Accuracy-per-round figures, a summary table (mean ± 95% CI over seeds) "
-        "and paired per-seed differences from results.json files (searched recursively below "
-        "each folder).",
+        description="Accuracy-per-round figures, a summary table (mean ± 95%% CI over seeds) "
+        "and paired per-seed differences (Holm-adjusted) from results.json files (searched "
+        "recursively below each folder) or packed sweep files. "
+        "`python -m fedper.plot pack --help`: pack a sweep folder into one file.",
     )
-    parser.add_argument("folders", nargs="+", type=Path, help="run or multirun folders")
+    parser.add_argument(
+        "folders", nargs="+", type=Path, help="run or multirun folders, or packed *.jsonl.gz files"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
     parser.add_argument(
         "--figure",
-        help="name stem of the PNGs and tables, e.g. figure2 -> figure2_mobile.png "
+        help="name stem of the figures and tables, e.g. figure2 -> figure2_mobile.png "
         "(default: accuracy_<dataset>_<model>.png and summary.csv)",
     )
     parser.add_argument(
@@ -89,19 +114,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="accuracy on the clients' test splits (default) or validation splits (to choose "
         "settings on: the tables and figures are then computed on validation data only)",
     )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET,
+        help="speed: the first round reaching this accuracy, the same for every setting "
+        f"(default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--reused-from",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        help="runs that are also in SOURCE (same run id) are named as reused from NAME in the "
+        "tables (repeatable), e.g. 'figure 2=docs/results/quick/figure2_runs.jsonl.gz'",
+    )
+    return parser
+
+
+def pack_main(argv: Sequence[str]) -> int:
+    """`python -m fedper.plot pack <folder> --out <file>`: exit 0 packed, 2 with a one-line error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedper.plot pack",
+        description="Pack every run below a sweep folder into one JSON Lines file (gzip): "
+        "settings without machine paths, code and library versions, per-round metrics.",
+    )
+    parser.add_argument("folder", type=Path, help="the sweep (multirun) folder")
+    parser.add_argument("--out", type=Path, required=True, help="the file, e.g. runs.jsonl.gz")
+    parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="pack runs from several commits or uncommitted trees anyway (recorded per run)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="fedper.plot: warning: %(message)s", level=logging.WARNING)
-    out_dir = args.out or (args.folders[0] if args.folders[0].is_dir() else args.folders[0].parent)
     try:
-        output = plot_runs(args.folders, out_dir, args.figure, args.band, args.compare, args.metric)
+        packed = pack_sweep(args.folder, args.out, args.legacy, args.force)
+    except PlotError as error:
+        print(f"fedper.plot pack: error: {error}", file=sys.stderr)
+        return 2
+    commits = ", ".join(commit[:10] for commit in packed.commits)
+    legacy = " (legacy: not one clean commit)" if packed.legacy else ""
+    print(f"packed {packed.runs} runs of commit(s) {commits}{legacy} into {packed.path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: exit 0 with figures written, 2 with a one-line error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="fedper.plot: warning: %(message)s", level=logging.WARNING)
+    if argv[:1] == ["pack"]:
+        return pack_main(argv[1:])
+    args = plot_parser().parse_args(argv)
+    out_dir = args.out or (args.folders[0] if args.folders[0].is_dir() else args.folders[0].parent)
+    split = "test" if args.metric == "test" else "validation"
+    try:
+        output = plot_runs(
+            args.folders, out_dir, args.figure, args.band, args.compare, args.metric,
+            args.target, args.reused_from,
+        )  # fmt: skip
     except PlotError as error:
         print(f"fedper.plot: error: {error}", file=sys.stderr)
         return 2
-    print(
-        summary_markdown(output.summary, "test" if args.metric == "test" else "validation"), end=""
-    )
+    print(summary_markdown(output.summary, split), end="")
     if output.differences is not None and len(output.differences):
-        print("\n" + differences_markdown(output.differences), end="")
-    for path in [*output.pngs, *output.tables]:
+        print("\n" + differences_markdown(output.differences, split), end="")
+    for path in [*output.figures, *output.tables]:
         print(f"wrote {path}")
     return 0

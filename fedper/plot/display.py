@@ -76,22 +76,61 @@ def head_count_matters(name: object) -> bool:
     return algorithm.finetune_head or bool(algorithm.shared_parts and algorithm.personal_parts)
 
 
+def _count(number: str, noun: str) -> str:
+    return f"{number} {noun}{'' if number == '1' else 's'}"
+
+
+# How a setting's value reads in a legend, a panel title or a comparison, by key.
+VALUE_FORMATS = {
+    "dataset.num_classes": lambda v: f"{v} classes per client",
+    "model.num_head_layers": lambda v: _count(v, "head layer"),
+    "num_rounds": lambda v: _count(v, "round"),
+    "num_clients": lambda v: _count(v, "client"),
+    "num_epochs": lambda v: _count(v, "local epoch"),
+    "finetune_epochs": lambda v: _count(v, "fine-tuning epoch"),
+    "fedrep.head_epochs": lambda v: _count(v, "head epoch"),
+    "dataset.image_size": lambda v: f"{v} px",
+    "learning_rate": lambda v: f"lr {v}",
+    "batch_size": lambda v: f"batch {v}",
+    "model.width_multiplier": lambda v: f"width {v}",
+    "model.local_bn": lambda v: "local BN" if v == "True" else "shared BN",
+    "partition.alpha": lambda v: f"α = {v}",
+    "partition.name": lambda v: {"dirichlet": "Dirichlet", "pathological": "pathological"}.get(
+        v, v
+    ),  # fmt: skip
+}
+
+
 def format_value(key: str, value: object) -> str:
     """A setting value as a legend, a title or a comparison reads it."""
-    shown = text(value)
     if key == "algorithm":
         return algorithm_label(value)
     if key == "model_name":
         return model_label(value)
     if key == "dataset.name":
         return dataset_label(value)
-    if key == "dataset.num_classes":
-        return f"{shown} classes per client"
-    if key == "model.num_head_layers":
-        return f"{shown} head layer{'' if shown == '1' else 's'}"
-    if key == "num_rounds":
-        return f"{shown} rounds"
+    shown = text(value)
+    if key in VALUE_FORMATS and not is_missing(value):
+        return VALUE_FORMATS[key](shown)
     return f"{key}={shown}"
+
+
+def describe(row: pd.Series, keys: list[str]) -> str:
+    """The values of `keys` in a row as one readable phrase, e.g. `Dirichlet α = 0.1, 10 clients`."""
+    parts = []
+    for key in keys:
+        value = row.get(key)
+        if is_missing(value) or (key.startswith("partition.") and key not in ("partition.name", "partition.alpha")):  # fmt: skip
+            continue  # a partition's minor parameters: its name and alpha say which it is
+        if key in ("clients_per_round", "min_successful_clients") and text(value) == text(row.get("num_clients")):  # fmt: skip
+            continue  # every client, every round: the client count says it
+        if key == "model.local_bn" and text(value) == "False":
+            continue  # the default: only the exception is named
+        parts.append(format_value(key, value))
+    if "Dirichlet" in parts and any(p.startswith("α") for p in parts):
+        alpha = next(p for p in parts if p.startswith("α"))
+        parts = [f"Dirichlet {alpha}" if p == "Dirichlet" else p for p in parts if p != alpha]
+    return ", ".join(parts)
 
 
 def cell(key: str, value: object) -> str:

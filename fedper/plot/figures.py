@@ -1,41 +1,76 @@
-"""Accuracy-per-round figures: a PNG per dataset and model, a panel per classes per client."""
+"""Accuracy-per-round figures: per dataset and model, a panel per data split, test above validation.
+
+Each figure is written as a 300 dpi PNG and a PDF. Lines are the settings that differ in
+anything but the data split (algorithm, head layers, hyperparameters), with the same colour
+and line style in every panel; the legend sits in a column of its own beside the panels,
+titled with what the lines and bands are.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import numbers
 from pathlib import Path
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-from fedper.plot.display import algorithm_style, format_value, head_count_matters, is_missing
+from fedper.plot.display import (
+    algorithm_style,
+    dataset_label,
+    describe,
+    head_count_matters,
+    is_missing,
+    model_label,
+    setting_columns,
+    settings_table,
+)
 from fedper.plot.runs import PlotError
+from fedper.plot.stats import accuracy_curves
+from fedper.state import write_atomic
 
-CURVE_COLUMNS = ("mean", "std", "min", "max", "num_seeds", "partial_seeds", "half_width")
 BANDS = ("minmax", "std", "ci", "none")
-BAND_TEXT = {"minmax": ", band: min to max", "std": ", band: ± std", "ci": ", band: 95% CI"}
-PANEL_KEY = "dataset.num_classes"  # a panel per value, as the paper's figure 2 has
+BAND_TEXT = {"minmax": "min to max over seeds", "std": "± 1 std over seeds", "ci": "95% CI of the mean"}  # fmt: skip
+# keys that say how the data is split among clients: a panel per value (the paper's figure 2
+# has a panel per classes-per-client value)
+PANEL_KEYS = ("dataset.num_classes", "num_clients", "clients_per_round", "min_successful_clients")  # fmt: skip
+PARTITION_ORDER = ("pathological", "dirichlet")  # the paper's split first
 PARTIAL_MARKER = "X"  # a round that went on with fewer clients than asked, in any seed
 PARTIAL_LABEL = "partial round (fewer clients)"
+DPI = 300
+MAX_COLUMNS = 3
+PANEL_SIZE = (3.5, 2.7)  # inches per panel: three panels and the legend fill a 16:9 slide
+FONT = {"title": 13, "label": 12, "tick": 11, "legend": 11, "suptitle": 15}
+
+
+def is_panel_key(key: str) -> bool:
+    return key in PANEL_KEYS or key.startswith("partition.")
 
 
 def line_labels(settings: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Legend labels that name only what differs between the lines of one panel."""
+    """Legend labels that name only what differs between the lines of a figure."""
     varying = [k for k in keys if settings[k].astype(str).nunique(dropna=False) > 1]
+    if "algorithm" not in varying and "algorithm" in settings:
+        varying.insert(0, "algorithm")  # a line always says which algorithm it is
 
     def label(row: pd.Series, drop_heads: bool) -> str:
-        parts = [
-            format_value(key, row[key])
+        shown = [
+            key
             for key in varying
             if not (
                 drop_heads
                 and key == "model.num_head_layers"
                 and not head_count_matters(row.get("algorithm"))
-            )
+            )  # fmt: skip
         ]
-        return ", ".join(parts) or format_value("algorithm", row.get("algorithm"))
+        return describe(row, shown)
 
     labels = [label(row, drop_heads=True) for _, row in settings.iterrows()]
     if len(set(labels)) < len(labels):  # e.g. FedAvg run at two head counts: keep them apart
@@ -43,17 +78,10 @@ def line_labels(settings: pd.DataFrame, keys: list[str]) -> list[str]:
     return labels
 
 
-def png_name(figure: str | None, dataset: str, model: str, many_datasets: bool) -> str:
+def file_stem(figure: str | None, dataset: str, model: str, many_datasets: bool) -> str:
     if figure is None:
-        return f"accuracy_{dataset}_{model}.png"
-    return f"{figure}_{dataset}_{model}.png" if many_datasets else f"{figure}_{model}.png"
-
-
-def _count_text(low: int, high: int, noun: str) -> str:
-    """`3 seeds`, `1 seed`, or `1-3 seeds` when some rounds have fewer seeds than others."""
-    if low == high:
-        return f"{low} {noun}{'' if low == 1 else 's'}"
-    return f"{low}-{high} {noun}s"
+        return f"accuracy_{dataset}_{model}"
+    return f"{figure}_{dataset}_{model}" if many_datasets else f"{figure}_{model}"
 
 
 def _band(curve: pd.DataFrame, band: str) -> tuple[pd.Series, pd.Series] | None:
@@ -67,102 +95,168 @@ def _band(curve: pd.DataFrame, band: str) -> tuple[pd.Series, pd.Series] | None:
     return None
 
 
-def _draw_panel(
-    ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, labels: list[str], band: str
-) -> None:
-    """A line per setting of the panel, its band, and a marker on each partial round."""
+def _draw_lines(ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, look: dict, band: str) -> bool:  # fmt: skip
+    """A line per setting of the panel, its band, a marker on each partial round; any partial?"""
     any_partial = False
-    for index, (label, (_, setting)) in enumerate(zip(labels, panel.iterrows(), strict=True)):
-        curve = curves[curves["setting"] == setting["setting"]].sort_values("round")
-        color = f"C{index % 10}"
-        style = algorithm_style(setting.get("algorithm"))
-        ax.plot(
-            curve["round"],
-            curve["mean"],
-            linestyle=style,
-            color=color,
-            marker="o",
-            ms=2.5,
-            lw=1.5,
-            label=label,
-        )
+    for setting in panel["setting"]:
+        curve = curves[curves["setting"] == setting].sort_values("round")
+        if not len(curve):
+            continue
+        color, style, label = look[setting]
+        ax.plot(curve["round"], curve["mean"], linestyle=style, color=color, lw=1.8, label=label)
         limits = _band(curve, band)
         if limits is not None:
             ax.fill_between(curve["round"], *limits, color=color, alpha=0.15, lw=0)
         partial = curve[curve["partial_seeds"] > 0]
         if len(partial):
             any_partial = True
-            ax.plot(
-                partial["round"],
-                partial["mean"],
-                PARTIAL_MARKER,
-                color=color,
-                ms=8,
-                mec="black",
-                mew=0.8,
-                ls="none",
-                label="_partial",
+            ax.plot(partial["round"], partial["mean"], PARTIAL_MARKER, color=color, ms=8, mec="black", mew=0.8, ls="none")  # fmt: skip
+    return any_partial
+
+
+def _caption(curves: list[pd.DataFrame], band: str) -> str:
+    """What a line and its band are, as drawn: `mean over 5 seeds`, `one seed (no band)`."""
+    seeds = pd.concat(curves)["num_seeds"]
+    low, high = int(seeds.min()), int(seeds.max())
+    if high == 1:
+        return "one seed per line (no band)"
+    count = f"{low}" if low == high else f"{low}-{high}"
+    shaded = f"\nshaded: {BAND_TEXT[band]}" if band in BAND_TEXT else ""
+    return f"mean over {count} seeds{shaded}"
+
+
+def _panels(group: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, settings) per combination of the varying data-split keys."""
+    varying = [k for k in keys if is_panel_key(k) and group[k].astype(str).nunique(dropna=False) > 1]  # fmt: skip
+    if not varying:
+        return [("", group)]
+    titles = group.apply(lambda row: describe(row, varying), axis=1)
+    panels = [(title, group[titles == title]) for title in dict.fromkeys(titles)]
+    return sorted(panels, key=lambda panel: _panel_order(panel[1].iloc[0], varying))
+
+
+def _panel_order(row: pd.Series, keys: list[str]) -> tuple:
+    """The paper's split first, then Dirichlet by alpha; numbers as numbers."""
+    order = []
+    for key in keys:
+        value = row.get(key)
+        if key == "partition.name":
+            value = (
+                PARTITION_ORDER.index(value) if value in PARTITION_ORDER else len(PARTITION_ORDER)
             )
-    if any_partial:  # one legend entry for every line's markers
-        ax.plot(
-            [], [], PARTIAL_MARKER, color="white", mec="black", ms=8, ls="none", label=PARTIAL_LABEL
-        )
+        order.append((1, "") if is_missing(value) else (0, value if isinstance(value, numbers.Real) else str(value)))  # fmt: skip
+    return tuple(order)
+
+
+def _looks(group: pd.DataFrame, labels: list[str]) -> dict[str, tuple[tuple, str | tuple, str]]:
+    """(colour, line style, label) per setting: a colour per label, styles from the registry."""
+    names = list(dict.fromkeys(labels))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    colors = {label: cmap(index % cmap.N) for index, label in enumerate(names)}
+    return {
+        setting: (colors[label], algorithm_style(algorithm), label)
+        for setting, label, algorithm in zip(
+            group["setting"], labels, group["algorithm"], strict=True
+        )  # fmt: skip
+    }
+
+
+def _legend(fig: Figure, group: pd.DataFrame, labels: list[str], look: dict, caption: str, partial: bool) -> None:  # fmt: skip
+    """One legend for every panel, in a column of its own right of them, titled with the caption."""
+    handles = {}
+    for setting, label in zip(group["setting"], labels, strict=True):
+        color, style, _ = look[setting]
+        handles.setdefault(label, Line2D([], [], color=color, linestyle=style, lw=1.8))
+    if partial:
+        handles[PARTIAL_LABEL] = Line2D([], [], marker=PARTIAL_MARKER, color="white", mec="black", ms=8, ls="none")  # fmt: skip
+    legend = fig.legend(
+        list(handles.values()), list(handles), loc="outside right center",
+        fontsize=FONT["legend"], title=caption, title_fontsize=FONT["legend"], frameon=False,
+    )  # fmt: skip
+    legend.get_title().set_multialignment("left")
+
+
+def _figure(
+    runs: pd.DataFrame, group: pd.DataFrame, keys: list[str], band: str, split: str
+) -> Figure:
+    """One dataset and model: a column per panel (wrapping), a row per metric (test, validation)."""
+    metrics = [("accuracy", f"{split} accuracy")]
+    if split == "test" and runs.loc[runs["setting"].isin(group["setting"]), "val_accuracy"].notna().any():  # fmt: skip
+        metrics.append(("val_accuracy", "validation accuracy"))
+    curves = {column: accuracy_curves(runs, column) for column, _ in metrics}
+    panels = _panels(group, keys)
+    labels = line_labels(group, [k for k in keys if not is_panel_key(k)])
+    look = _looks(group, labels)
+    columns = min(len(panels), MAX_COLUMNS)
+    blocks = math.ceil(len(panels) / columns)
+    rows = blocks * len(metrics)
+    fig = Figure(figsize=(PANEL_SIZE[0] * columns + 2.8, PANEL_SIZE[1] * rows + 0.7), layout="constrained")  # fmt: skip
+    FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no global backend state
+    axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    partial = False
+    for index, (title, panel) in enumerate(panels):
+        block, column = divmod(index, columns)
+        for offset, (metric, ylabel) in enumerate(metrics):
+            ax = axes[block * len(metrics) + offset][column]
+            partial |= _draw_lines(ax, curves[metric], panel, look, band)
+            if offset == 0:  # the validation row below shares its panel's title
+                ax.set_title(title, fontsize=FONT["title"])
+            ax.set_ylabel(ylabel if column == 0 else "", fontsize=FONT["label"])
+            ax.set_ylim(0, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=FONT["tick"], labelbottom=True)
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("round", fontsize=FONT["label"])
+    for ax in axes.flat[len(panels) * len(metrics) :]:
+        ax.set_visible(False)  # an empty cell of the last row of panels
+    model, dataset = model_label(group["model_name"].iloc[0]), dataset_label(group["dataset.name"].iloc[0])  # fmt: skip
+    fig.suptitle(f"{model} on {dataset}: personalized accuracy, mean over clients", fontsize=FONT["suptitle"])  # fmt: skip
+    _legend(fig, group, labels, look, _caption(list(curves.values()), band), partial)
+    return fig
 
 
 def build_figures(
-    curves: pd.DataFrame, figure: str | None = None, band: str = "minmax", split: str = "test"
+    runs: pd.DataFrame, figure: str | None = None, band: str = "minmax", split: str = "test"
 ) -> list[tuple[str, Figure]]:
-    """(file name, Figure) per dataset and model: a panel per classes-per-client value."""
+    """(file stem, Figure) per dataset and model of the runs table."""
     if band not in BANDS:
         raise PlotError(f"band={band} is unknown: use one of {', '.join(BANDS)}")
-    keys = [c for c in curves.columns if c not in ("setting", "round", *CURVE_COLUMNS)]
-    settings = curves.drop_duplicates("setting")[["setting", *keys]]
+    settings = settings_table(runs)
+    keys = [k for k in setting_columns(runs) if k not in ("dataset.name", "model_name")]
     many_datasets = settings["dataset.name"].nunique() > 1
-    label_keys = [k for k in keys if k not in ("dataset.name", "model_name", PANEL_KEY)]
     built = []
     for (dataset, model), group in settings.groupby(["dataset.name", "model_name"], sort=False):
-        if PANEL_KEY in group and group[PANEL_KEY].astype(str).nunique() > 1:
-            panels = list(group.groupby(PANEL_KEY, sort=True))
-        elif PANEL_KEY in group:
-            panels = [(group[PANEL_KEY].iloc[0], group)]
-        else:
-            panels = [(None, group)]
-        fig = Figure(figsize=(4.6 * len(panels), 3.9))
-        FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no global backend state
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (panel_value, panel) in zip(axes, panels, strict=True):
-            _draw_panel(ax, curves, panel, line_labels(panel, label_keys), band)
-            title = f"{format_value('model_name', model)} · {format_value('dataset.name', dataset)}"
-            if not is_missing(panel_value):
-                title += f" · {format_value(PANEL_KEY, panel_value)}"
-            ax.set_title(title, fontsize=10)
-            ax.set(xlabel="round", ylabel=f"personalized {split} accuracy", ylim=(0, 1))
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(loc="lower right", fontsize=8)
-        seeds = curves[curves["setting"].isin(group["setting"])]["num_seeds"]
-        seed_text = _count_text(seeds.min(), seeds.max(), "seed")
-        fig.suptitle(
-            f"{figure or 'accuracy'}: mean over {seed_text}{BAND_TEXT.get(band, '')}", fontsize=10
-        )
-        fig.tight_layout()
-        built.append((png_name(figure, str(dataset), str(model), many_datasets), fig))
+        stem = file_stem(figure, str(dataset), str(model), many_datasets)
+        built.append((stem, _figure(runs, group, keys, band, split)))
     return built
 
 
 def draw_figures(
-    curves: pd.DataFrame,
+    runs: pd.DataFrame,
     out_dir: str | Path,
     figure: str | None = None,
     band: str = "minmax",
     split: str = "test",
 ) -> list[Path]:
-    """Write build_figures' PNGs into out_dir; their paths."""
+    """Write build_figures' figures into out_dir as a 300 dpi PNG and a PDF each; their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in build_figures(curves, figure, band, split):
-        path = out_dir / name
-        fig.savefig(path, dpi=120)
-        paths.append(path)
+    for stem, fig in build_figures(runs, figure, band, split):
+        png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
+        write_atomic(png, lambda stream, fig=fig: stream.write(png_bytes(fig)))
+        # no creation date in the PDF: the same runs give the same bytes
+        write_atomic(pdf, lambda stream, fig=fig: fig.savefig(stream, format="pdf", metadata={"CreationDate": None}))  # fmt: skip
+        paths += [png, pdf]
     return paths
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as a 300 dpi PNG, reduced to 256 colours (a third of the bytes, no visible loss)."""
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=DPI)
+    image = Image.open(drawn).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    packed = io.BytesIO()
+    image.save(packed, format="png", optimize=True, dpi=(DPI, DPI))
+    return packed.getvalue()
