@@ -31,9 +31,13 @@ def write_run(
     cfg: dict,
     accuracies: list[float | None],
     val_accuracies: list[float | None] | None = None,
+    header: dict | None = None,
     **per_round: list,
 ) -> Path:
-    """A results.json with one round per accuracy; val_accuracies and other keys per round."""
+    """A results.json with one round per accuracy; val_accuracies and other keys per round.
+
+    `header` adds top-level keys (e.g. code_version) to the file.
+    """
     rounds = []
     for i, accuracy in enumerate(accuracies):
         entry = {"round": i + 1, "accuracy": accuracy, "loss": 1.0, "per_client": {}}
@@ -43,5 +47,6 @@ def write_run(
         rounds.append(entry)
     run_dir.mkdir(parents=True)
     results = {"run_id": run_dir.name, "config": cfg, "partition": [], "rounds": rounds}
+    results.update(header or {})
     (run_dir / "results.json").write_text(json.dumps(results))
     return run_dir

@@ -84,8 +84,8 @@ def p_value(differences: Iterable[float]) -> float:
     data = _finite(differences)
     if data.size < 2:
         return math.nan
-    if np.all(data == data[0]):  # no spread: t is infinite unless every difference is 0
-        return 1.0 if data[0] == 0 else 0.0
+    if np.ptp(data) <= 1e-12:  # no spread (up to rounding): t is infinite unless the mean is 0
+        return 1.0 if abs(data.mean()) <= 1e-12 else 0.0
     return float(stats.ttest_1samp(data, 0.0).pvalue)
 
 
