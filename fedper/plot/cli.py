@@ -1,6 +1,7 @@
 """`python -m fedper.plot`: figures, the summary table and paired differences from runs.
 
-`python -m fedper.plot pack <sweep folder> --out <file>.jsonl.gz` packs a sweep into one file.
+`python -m fedper.plot pack <sweep folder> --out <file>.jsonl.gz` packs a sweep into one file;
+`python -m fedper.plot redraw [manifest]` draws every committed table and figure again.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def plot_runs(
     metric: str = "test",
     target: float = DEFAULT_TARGET,
     reused_from: Sequence[str] = (),
+    figures: bool = True,
 ) -> PlotOutput:
     """Figures, summary and (with `compare`) paired differences for every run of the sources."""
     # With `figure`, files are `<figure>_<model>.{png,pdf}`, `<figure>_summary.{csv,md}` and
@@ -69,13 +71,13 @@ def plot_runs(
     split = "test" if metric == "test" else "validation"
     differences = paired_differences(runs, comparisons, target) if comparisons else None
     stem = figure if metric == "test" else f"{figure or 'accuracy'}_val"
-    figures = draw_figures(runs, out_dir, stem, band, split)
+    drawn = draw_figures(runs, out_dir, stem, band, split) if figures else []
     summary = summary_table(runs, target)
     tables = write_table(summary, summary_markdown(summary, split), out_dir, f"{prefix}summary")
     if differences is not None and len(differences):
         markdown = differences_markdown(differences, split)
         tables += write_table(differences, markdown, out_dir, f"{prefix}differences")
-    return PlotOutput(summary, differences, figures, tables)
+    return PlotOutput(summary, differences, drawn, tables)
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -159,12 +161,34 @@ def pack_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def redraw_main(argv: Sequence[str]) -> int:
+    """`python -m fedper.plot redraw [manifest]`: every committed table and figure, drawn again."""
+    from fedper.plot.redraw import MANIFEST, redraw  # redraw builds on this module
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fedper.plot redraw",
+        description="Draw every table and figure a manifest lists again, from its packed runs.",
+    )
+    parser.add_argument("manifest", type=Path, nargs="?", default=MANIFEST, help=f"default {MANIFEST}")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        written = redraw(args.manifest)
+    except PlotError as error:
+        print(f"fedper.plot redraw: error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: exit 0 with figures written, 2 with a one-line error."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="fedper.plot: warning: %(message)s", level=logging.WARNING)
     if argv[:1] == ["pack"]:
         return pack_main(argv[1:])
+    if argv[:1] == ["redraw"]:
+        return redraw_main(argv[1:])
     args = plot_parser().parse_args(argv)
     out_dir = args.out or (args.folders[0] if args.folders[0].is_dir() else args.folders[0].parent)
     split = "test" if args.metric == "test" else "validation"

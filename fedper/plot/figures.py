@@ -47,6 +47,7 @@ PARTIAL_LABEL = "partial round (fewer clients)"
 DPI = 300
 MAX_COLUMNS = 3
 PANEL_SIZE = (3.5, 2.7)  # inches per panel: three panels and the legend fill a 16:9 slide
+LEGEND_LINE = 0.25  # inches per legend entry at the legend's font size
 FONT = {"title": 13, "label": 12, "tick": 11, "legend": 11, "suptitle": 15}
 
 
@@ -118,18 +119,19 @@ def _caption(curves: list[pd.DataFrame], band: str) -> str:
     """What a line and its band are, as drawn: `mean over 5 seeds`, `one seed (no band)`."""
     seeds = pd.concat(curves)["num_seeds"]
     low, high = int(seeds.min()), int(seeds.max())
+    accuracy = "accuracy: mean over clients"
     if high == 1:
-        return "one seed per line (no band)"
+        return f"{accuracy}\none seed per line (no band)"
     count = f"{low}" if low == high else f"{low}-{high}"
     shaded = f"\nshaded: {BAND_TEXT[band]}" if band in BAND_TEXT else ""
-    return f"mean over {count} seeds{shaded}"
+    return f"{accuracy}\nline: mean over {count} seeds{shaded}"
 
 
 def _panels(group: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """(title, settings) per combination of the varying data-split keys."""
     varying = [k for k in keys if is_panel_key(k) and group[k].astype(str).nunique(dropna=False) > 1]  # fmt: skip
-    if not varying:
-        return [("", group)]
+    if not varying:  # one panel, titled with what its runs share, e.g. 4 classes per client
+        return [(describe(group.iloc[0], [k for k in keys if is_panel_key(k)]), group)]
     titles = group.apply(lambda row: describe(row, varying), axis=1)
     panels = [(title, group[titles == title]) for title in dict.fromkeys(titles)]
     return sorted(panels, key=lambda panel: _panel_order(panel[1].iloc[0], varying))
@@ -190,7 +192,10 @@ def _figure(
     columns = min(len(panels), MAX_COLUMNS)
     blocks = math.ceil(len(panels) / columns)
     rows = blocks * len(metrics)
-    fig = Figure(figsize=(PANEL_SIZE[0] * columns + 2.8, PANEL_SIZE[1] * rows + 0.7), layout="constrained")  # fmt: skip
+    # tall enough for the legend too: a line per entry, the caption and a partial-round entry
+    legend_height = LEGEND_LINE * (len(set(labels)) + 4)
+    height = max(PANEL_SIZE[1] * rows + 0.7, legend_height)
+    fig = Figure(figsize=(PANEL_SIZE[0] * columns + 2.8, height), layout="constrained")
     FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no global backend state
     axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
     partial = False
@@ -211,7 +216,7 @@ def _figure(
     for ax in axes.flat[len(panels) * len(metrics) :]:
         ax.set_visible(False)  # an empty cell of the last row of panels
     model, dataset = model_label(group["model_name"].iloc[0]), dataset_label(group["dataset.name"].iloc[0])  # fmt: skip
-    fig.suptitle(f"{model} on {dataset}: personalized accuracy, mean over clients", fontsize=FONT["suptitle"])  # fmt: skip
+    fig.suptitle(f"{model} on {dataset}: personalized accuracy", fontsize=FONT["suptitle"])
     _legend(fig, group, labels, look, _caption(list(curves.values()), band), partial)
     return fig
 
