@@ -134,3 +134,31 @@ def test_runs_reused_from_another_table_are_named_in_both_tables(tmp_path: Path)
     assert set(output.differences["reused_from"]) == {"both: figure 2 (3 of 3 runs)"}
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| runs reused from |" in markdown and "same runs (same run ids)" in markdown
+
+
+def test_redraw_names_a_bad_manifest_in_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "tables.yaml"
+    manifest.write_text("plots:\n  - out: figure\n")  # no runs
+    result = subprocess.run(
+        [sys.executable, "-m", "fedper.plot", "redraw", str(manifest)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"fedper.plot redraw: error: {manifest}: not a manifest of `plots` entries")  # fmt: skip
+
+
+def test_redraw_draws_each_entry_from_its_packed_runs(tmp_path: Path) -> None:
+    from fedper.plot.redraw import redraw
+
+    pack_sweep(sweep(tmp_path / "sweep"), tmp_path / "results" / "fig" / "fig_runs.jsonl.gz")
+    manifest = tmp_path / "results" / "tables.yaml"
+    manifest.write_text(
+        "plots:\n  - runs: [fig/fig_runs.jsonl.gz]\n    out: fig\n"
+        "    args: [--figure, fig, --compare, algorithm=fedper, --target, '0.6']\n"
+    )
+    written = redraw(manifest, figures=False)
+    assert sorted(p.name for p in written) == [
+        "fig_differences.csv", "fig_differences.md", "fig_summary.csv", "fig_summary.md",
+    ]  # fmt: skip
+    assert "round to 0.60" in (tmp_path / "results" / "fig" / "fig_summary.md").read_text()

@@ -1,4 +1,4 @@
-"""Figures and tables rebuilt from results.json files alone: `python -m fedper.plot`."""
+"""Figures and tables rebuilt from run folders or packed sweeps alone: `python -m fedper.plot`."""
 
 # One module per concern: runs (reading results files and packed sweeps), pack (writing packed
 # sweeps), display (names, styles and order from the registries), stats (per-run measures,
