@@ -301,3 +301,25 @@ def test_hardware_switches_do_not_split_a_setting() -> None:
         == setting_from_config(without)
         == {"algorithm": "fedper"}
     )
+
+
+def test_figures_draw_validation_below_test_with_a_caption_that_matches(tmp_path: Path) -> None:
+    for seed in (1, 2, 3):
+        write_run(tmp_path / "three" / f"s{seed}", config("fedper", seed), [0.2, 0.5, 0.7, 0.8], [0.1, 0.4, 0.6, 0.7])  # fmt: skip
+    write_run(tmp_path / "one" / "s1", config("fedavg", 1), [0.1, 0.3, 0.5, 0.6])  # no validation
+    [(_, three)] = build_figures(load_runs([tmp_path / "three"]))
+    test_ax, val_ax = three.axes
+    assert (test_ax.get_ylabel(), val_ax.get_ylabel()) == ("test accuracy", "validation accuracy")
+    assert [line.get_ydata()[-1] for line in val_ax.get_lines()] == pytest.approx([0.7])
+    [legend] = three.legends
+    caption = legend.get_title().get_text()
+    assert "mean over 3 seeds" in caption and "shaded: min to max over seeds" in caption
+    assert len(test_ax.collections) == 1  # the band
+    [(_, one)] = build_figures(load_runs([tmp_path / "one"]), band="minmax")
+    [only] = one.axes  # no validation split: no validation panel
+    assert "one seed per line (no band)" in one.legends[0].get_title().get_text()
+    assert len(only.collections) == 0  # one seed: nothing shaded
+    # the legend sits beside the panels, never on them
+    three.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in three.axes)

@@ -106,7 +106,7 @@ def _draw_lines(ax: Axes, curves: pd.DataFrame, panel: pd.DataFrame, look: dict,
         color, style, label = look[setting]
         ax.plot(curve["round"], curve["mean"], linestyle=style, color=color, lw=1.8, label=label)
         limits = _band(curve, band)
-        if limits is not None:
+        if limits is not None and curve["num_seeds"].max() > 1:  # one seed has no spread to shade
             ax.fill_between(curve["round"], *limits, color=color, alpha=0.15, lw=0)
         partial = curve[curve["partial_seeds"] > 0]
         if len(partial):
