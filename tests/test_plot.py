@@ -323,3 +323,16 @@ def test_figures_draw_validation_below_test_with_a_caption_that_matches(tmp_path
     three.canvas.draw()
     box = legend.get_window_extent()
     assert all(not box.overlaps(ax.get_window_extent()) for ax in three.axes)
+
+
+def test_a_panel_per_partition_and_shift_in_reading_order(tmp_path: Path) -> None:
+    shifts = {"concept": {"name": "concept", "groups": 2}, "none": {"name": "none"},
+              "feature": {"name": "feature", "groups": 4, "rotations": [0, 90, 180, 270]}}  # fmt: skip
+    for name, shift in shifts.items():
+        for algorithm in ("fedavg", "fedper"):
+            cfg = config(algorithm, 1, shift=shift, partition={"name": "dirichlet", "alpha": 0.1})
+            write_run(tmp_path / f"{name}_{algorithm}", cfg, [0.2, 0.4, 0.6, 0.8])
+    [(_, fig)] = build_figures(load_runs([tmp_path]))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["no shift", "feature shift", "concept shift"]  # the split is shared
+    assert legend_texts(fig) == ["FedPer", "FedAvg"]

@@ -95,10 +95,13 @@ VALUE_FORMATS = {
     "model.width_multiplier": lambda v: f"width {v}",
     "model.local_bn": lambda v: "local BN" if v == "True" else "shared BN",
     "partition.alpha": lambda v: f"α = {v}",
-    "partition.name": lambda v: {"dirichlet": "Dirichlet", "pathological": "pathological"}.get(
-        v, v
-    ),  # fmt: skip
+    "partition.name": lambda v: PARTITION_NAMES.get(v, v),
+    "shift.name": lambda v: "no shift" if v == "none" else f"{v} shift",
 }
+PARTITION_NAMES = {"dirichlet": "Dirichlet", "pathological": "pathological"}
+# How the data is split and shifted is named by these keys alone in titles: the others of
+# their groups (a partition's min_size, a shift's groups and transforms) are details.
+NAMING_KEYS = ("partition.name", "partition.alpha", "shift.name")
 
 
 def format_value(key: str, value: object) -> str:
@@ -120,8 +123,8 @@ def describe(row: pd.Series, keys: list[str]) -> str:
     parts = []
     for key in keys:
         value = row.get(key)
-        if is_missing(value) or (key.startswith("partition.") and key not in ("partition.name", "partition.alpha")):  # fmt: skip
-            continue  # a partition's minor parameters: its name and alpha say which it is
+        if is_missing(value) or (key.startswith(("partition.", "shift.")) and key not in NAMING_KEYS):  # fmt: skip
+            continue  # a partition's or shift's details: its name (and alpha) say which it is
         if key in ("clients_per_round", "min_successful_clients") and text(value) == text(row.get("num_clients")):  # fmt: skip
             continue  # every client, every round: the client count says it
         if key == "model.local_bn" and text(value) == "False":

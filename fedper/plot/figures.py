@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from fedper.plot.display import (
+    NAMING_KEYS,
     algorithm_style,
     dataset_label,
     describe,
@@ -41,7 +42,8 @@ BAND_TEXT = {"minmax": "min to max over seeds", "std": "± 1 std over seeds", "c
 # keys that say how the data is split among clients: a panel per value (the paper's figure 2
 # has a panel per classes-per-client value)
 PANEL_KEYS = ("dataset.num_classes", "num_clients", "clients_per_round", "min_successful_clients")  # fmt: skip
-PARTITION_ORDER = ("pathological", "dirichlet")  # the paper's split first
+# panels in reading order: the paper's split first, then no shift before the shifts
+PANEL_ORDER = {"partition.name": ("pathological", "dirichlet"), "shift.name": ("none", "feature", "concept")}  # fmt: skip
 PARTIAL_MARKER = "X"  # a round that went on with fewer clients than asked, in any seed
 PARTIAL_LABEL = "partial round (fewer clients)"
 DPI = 300
@@ -52,7 +54,7 @@ FONT = {"title": 13, "label": 12, "tick": 11, "legend": 11, "suptitle": 15}
 
 
 def is_panel_key(key: str) -> bool:
-    return key in PANEL_KEYS or key.startswith("partition.")
+    return key in PANEL_KEYS or key.startswith(("partition.", "shift."))
 
 
 def line_labels(settings: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -138,14 +140,13 @@ def _panels(group: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFram
 
 
 def _panel_order(row: pd.Series, keys: list[str]) -> tuple:
-    """The paper's split first, then Dirichlet by alpha; numbers as numbers."""
+    """The paper's split first, then Dirichlet by alpha; no shift first; numbers as numbers."""
     order = []
-    for key in keys:
+    for key in [k for k in NAMING_KEYS if k in keys] + [k for k in keys if k not in NAMING_KEYS]:
         value = row.get(key)
-        if key == "partition.name":
-            value = (
-                PARTITION_ORDER.index(value) if value in PARTITION_ORDER else len(PARTITION_ORDER)
-            )
+        if key in PANEL_ORDER:
+            known = PANEL_ORDER[key]
+            value = known.index(value) if value in known else len(known)
         order.append((1, "") if is_missing(value) else (0, value if isinstance(value, numbers.Real) else str(value)))  # fmt: skip
     return tuple(order)
 
