@@ -139,6 +139,8 @@ def _shared_context(differences: pd.DataFrame) -> tuple[list[str], str]:
     varying, same = [], []
     for key in context:
         values = differences[key]
+        if values.isna().all():
+            continue  # the compared key of every row: the comparison column says it
         if values.isna().any() or values.astype(str).nunique() > 1:
             varying.append(key)
         else:
