@@ -24,7 +24,7 @@ import torch
 from fedper.algorithms import ALGORITHMS, Algorithm
 from fedper.config import RESTARTED_METRIC, RunSpec
 from fedper.data import ClientData, prepare_dataset
-from fedper.data.federated import load_client_data
+from fedper.data.federated_dataset import load_client_data
 from fedper.data.transforms import BatchTransform
 from fedper.device import (
     apply_gpu_share,

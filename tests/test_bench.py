@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedper.bench.federated import run_benchmark
 from fedper.bench.plain import LatestHeadStore, average, run_plain
 from fedper.bench.report import (
     federated_breakdown,
@@ -25,6 +24,7 @@ from fedper.bench.report import (
     train_steps,
 )
 from fedper.bench.settings import BenchSettings
+from fedper.bench.versus_plain import run_benchmark
 from fedper.errors import ConfigError
 from fedper.training import batch_slices
 from tests.conftest import make_config

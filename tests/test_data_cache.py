@@ -256,7 +256,7 @@ print(heavy)
     "module",
     [
         "registry",
-        "federated",
+        "federated_dataset",
         "cache",
         "partition",
         "split",

@@ -93,7 +93,7 @@ def test_too_small_a_dataset_is_refused(tmp_path):
 
 
 def test_client_rows_are_read_exactly_in_any_order(tmp_path):
-    from fedper.data.federated import read_rows
+    from fedper.data.federated_dataset import read_rows
 
     dataset = prepare_dataset(synthetic_config(tmp_path, "num_clients=4"))
     pool = np.load(dataset.pool_path, mmap_mode="r")

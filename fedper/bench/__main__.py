@@ -23,8 +23,8 @@ def run(cfg: DictConfig, run_dir: str) -> str:
 
         if reason := skip_reason():
             return reason
-    from fedper.bench.federated import run_benchmark
     from fedper.bench.table import format_table
+    from fedper.bench.versus_plain import run_benchmark
 
     return format_table(run_benchmark(cfg, run_dir))
 

@@ -69,7 +69,7 @@ def measure(request: dict) -> dict:
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedper import client, client_app
-    from fedper.data.federated import FederatedDataset
+    from fedper.data.federated_dataset import FederatedDataset
 
     timers.wrap(client, "prepare_dataset", "partition_from_cache")
     timers.wrap(FederatedDataset, "fingerprint", "partition_fingerprint")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.bench.federation import Federation
+from fedper.bench.local_federation import Federation
 from fedper.bench.report import mean, round_cost, steady
 from fedper.bench.settings import BENCH_JSON, TARGETS, BenchSettings
 from fedper.bench.startup import measure_cold_start

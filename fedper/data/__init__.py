@@ -2,7 +2,12 @@
 
 from fedper.data.cache import CacheError, dataset_root
 from fedper.data.checks import check_capacity, check_dataset_settings
-from fedper.data.federated import ClientData, ClientSplit, FederatedDataset, load_client_data
+from fedper.data.federated_dataset import (
+    ClientData,
+    ClientSplit,
+    FederatedDataset,
+    load_client_data,
+)
 from fedper.data.registry import DATASET_LABELS, DATASETS, prepare_dataset
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from fedper.data.federated import FederatedDataset
+from fedper.data.federated_dataset import FederatedDataset
 from fedper.data.partition import PartitionSettings, is_number
 from fedper.errors import ConfigError
 

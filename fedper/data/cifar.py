@@ -10,7 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data.cache import PoolCache, dataset_root, from_images
-from fedper.data.federated import FederatedDataset, federate_pool
+from fedper.data.federated_dataset import FederatedDataset, federate_pool
 from fedper.errors import DatasetNotFoundError
 
 # name -> (folder inside datasets/<name>/, train batch files, test batch files, label key)

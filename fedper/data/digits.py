@@ -8,7 +8,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data.cache import PoolCache, dataset_root, from_images
-from fedper.data.federated import FederatedDataset, federate_pool
+from fedper.data.federated_dataset import FederatedDataset, federate_pool
 
 
 def load_digits_images(image_size: int) -> tuple[np.ndarray, np.ndarray]:

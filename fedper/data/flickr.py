@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data.cache import PoolCache, dataset_root
-from fedper.data.federated import ClientSplit, FederatedDataset, configured_or_measured
+from fedper.data.federated_dataset import ClientSplit, FederatedDataset, configured_or_measured
 from fedper.data.split import split_with_shared_items
 from fedper.errors import ConfigError, DatasetNotFoundError
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from fedper.data.checks import check_capacity, check_dataset_settings
 from fedper.data.cifar import build_cifar
 from fedper.data.digits import build_digits
-from fedper.data.federated import FederatedDataset
+from fedper.data.federated_dataset import FederatedDataset
 from fedper.data.flickr import build_flickr
 from fedper.data.synthetic import build_synthetic
 from fedper.errors import ConfigError

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data.cache import CachedPool, PoolCache, dataset_root, from_images
-from fedper.data.federated import FederatedDataset, federate_pool
+from fedper.data.federated_dataset import FederatedDataset, federate_pool
 from fedper.errors import ConfigError
 
 # Bump when the generator changes, so pools cached by an older version are not reused.

@@ -4,7 +4,7 @@ Configured in `conf/hydra/sweeper/figure.yaml`; every figure selects it through
 `conf/figure/common/sweep.yaml`. Options, all under `hydra.sweeper`: `params` (swept in every grid, as in the basic sweeper), `grids` (the
 sweep is the union of their products with `params`), `tied` (settings that go with a value),
 `only` (keep these values), `seeds` (repeats of each setting), `dry_run` (list, run nothing).
-The logic is in fedper.figures; this class reads the options and talks to the launcher.
+The logic is in fedper.sweeps; this class reads the options and talks to the launcher.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from fedper.errors import FedPerError
-from fedper.figures import (
+from fedper.sweeps import (
     check_only,
     expand_jobs,
     prepare_datasets,

@@ -1,4 +1,4 @@
-"""fedper.figures: grids, filters, tied settings and seeds as jobs; each parallel job's share."""
+"""fedper.sweeps: grids, filters, tied settings and seeds as jobs; each parallel job's share."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fedper import figures
+from fedper import sweeps
 from fedper.algorithms import ALGORITHMS
-from fedper.figures import (
+from fedper.models import MODELS
+from fedper.sweeps import (
     FigureError,
     JobShare,
     PinParallelJobs,
@@ -23,7 +24,6 @@ from fedper.figures import (
     resource_overrides,
     run_status,
 )
-from fedper.models import MODELS
 
 # figure 4's shape: a head sweep per model and a FedAvg reference without a head count
 FIG4_GRIDS = [
@@ -99,11 +99,11 @@ def test_tied_settings_follow_their_value_unless_given_on_the_command_line() -> 
 
 
 def test_head_layer_counts_and_filters_come_from_the_registries() -> None:
-    assert figures.head_layer_counts("mobile") == "1,2,3,4"
-    assert figures.head_layer_counts("resnet") == "1,2,3"
-    assert all(figures.head_layer_counts(name).startswith("1") for name in MODELS)
+    assert sweeps.head_layer_counts("mobile") == "1,2,3,4"
+    assert sweeps.head_layer_counts("resnet") == "1,2,3"
+    assert all(sweeps.head_layer_counts(name).startswith("1") for name in MODELS)
     with pytest.raises(FigureError, match="no such model; use one of mobile"):
-        figures.head_layer_counts("vgg")
+        sweeps.head_layer_counts("vgg")
     check_only({"algorithm": ["fedper", "local"], "dataset.num_classes": [2]})
     with pytest.raises(
         FigureError, match=f"algorithm=fedpr is unknown: use one of {', '.join(ALGORITHMS)}"
@@ -147,7 +147,7 @@ def test_the_launcher_decides_how_many_jobs_share_the_machine() -> None:
 
 @pytest.fixture
 def no_held_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(figures, "_held_slot", None)
+    monkeypatch.setattr(sweeps, "_held_slot", None)
 
 
 def test_a_process_claims_a_free_slot_and_keeps_it(tmp_path: Path, no_held_slot) -> None:
@@ -157,7 +157,7 @@ def test_a_process_claims_a_free_slot_and_keeps_it(tmp_path: Path, no_held_slot)
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert claim_slot(tmp_path, 3) == 1
         assert claim_slot(tmp_path, 3) == 1  # the same worker keeps its slot for every job
-    figures._held_slot[2].close()
+    sweeps._held_slot[2].close()
 
 
 def test_parallel_jobs_are_pinned_to_their_gpu(
@@ -171,15 +171,15 @@ def test_parallel_jobs_are_pinned_to_their_gpu(
     callback.on_multirun_start(joblib)
     assert callback.gpu_ids == ["5", "7"]
     callback.on_job_start(joblib)
-    assert figures._held_slot[1] == 0
-    assert (tmp_path / figures.SLOTS_DIR / "slot0.lock").is_file()
+    assert sweeps._held_slot[1] == 0
+    assert (tmp_path / sweeps.SLOTS_DIR / "slot0.lock").is_file()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-    figures._held_slot[2].close()
+    sweeps._held_slot[2].close()
 
     # more jobs than GPUs: said once, when the sweep starts
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     callback = PinParallelJobs()
-    with caplog.at_level("WARNING", logger="fedper.figures"):
+    with caplog.at_level("WARNING", logger="fedper.sweeps"):
         callback.on_multirun_start(OmegaConf.create({"hydra": {"launcher": {"n_jobs": 3}}}))
     assert "n_jobs=3 but 2 GPU(s)" in caplog.text
 
@@ -214,6 +214,6 @@ def test_each_dataset_cache_is_prepared_once(monkeypatch: pytest.MonkeyPatch) ->
         for seed in (42, 43)
         for size in ("dataset.image_size=64", "dataset.image_size=48")
     ]
-    figures.prepare_datasets(configs)
+    sweeps.prepare_datasets(configs)
     # partitions differ, caches do not: one per image size
     assert [cfg.dataset.image_size for cfg in prepared] == [64, 48]
