@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from fedper.algorithms import ALGORITHMS, Algorithm
-from fedper.config import RESTARTED_METRIC, RunSpec
 from fedper.data import ClientData, prepare_dataset
 from fedper.data.federated_dataset import load_client_data
 from fedper.data.transforms import BatchTransform
@@ -37,6 +36,7 @@ from fedper.device import (
 from fedper.errors import FedPerError, StateFileError
 from fedper.models import ModelSplit, build_model
 from fedper.rundir import RUN_ID_PATTERN
+from fedper.spec import RESTARTED_METRIC, RunSpec
 from fedper.state import HEAD_WAY_OUT, DiskHeadStore, HeadStore, tensors_digest
 from fedper.training import TrainSettings, evaluate, train
 

@@ -15,11 +15,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedper.client import ClientSetupError, ClientWorker, NodePaths, worker_for
-from fedper.config import HEAD_ROUND_KEY, SPEC_KEY, RunSpec
 from fedper.errors import FedPerError
+from fedper.spec import FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec
 
 app = ClientApp()
-FATAL = "fatal"
 
 
 def client_id(context: Context) -> int:
@@ -39,7 +38,7 @@ def worker(msg: Message, context: Context) -> tuple[ClientWorker, int, int]:
 
 def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
     """The test-only `debug.fail_*` hook: raise where a real client could fail (OOM, bad file)."""
-    debug = spec.config.get("debug") or {}
+    debug = spec.resolved_config.get("debug") or {}
     phase = {"train": "train", "evaluate": "evaluate"}.get(kind)
     if (debug.get("fail_client"), debug.get("fail_round"), debug.get("fail_phase")) == (
         cid,

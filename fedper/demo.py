@@ -10,10 +10,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from fedper import CONF_DIR
 from fedper.errors import FedPerError, exit_with_error
 from fedper.experiment import run_experiment
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ALGORITHMS = ("fedper", "fedavg")
 
 

@@ -22,14 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedper.config import RunPlan
+from fedper import PROJECT_ROOT
 from fedper.device import check_gpu_setup
-from fedper.errors import FedPerError
+from fedper.errors import ERROR_PREFIX, FedPerError
 from fedper.interrupts import INTERRUPTS
 from fedper.ray_local import quiet_ray_signals, ray_starting, ray_temp_dir
+from fedper.spec import RunPlan
 
 log = logging.getLogger("fedper")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_CONNECTION = "fedper"  # the SuperLink connection's name in a run's own FLWR_HOME
 SERVER_STOP_SECONDS = 30  # how long an interrupted run waits for the server loop to stop
 
@@ -282,8 +282,6 @@ class RunStream:
         self.error: str | None = None
 
     def take(self, line: str) -> None:
-        from fedper.server_app import ERROR_PREFIX
-
         text = ANSI.sub("", line.rstrip())
         if match := re.match(r"Successfully started run (\d+)", text):
             self.flower_run_id = match.group(1)

@@ -6,6 +6,9 @@ import os
 import sys
 from typing import NoReturn
 
+# how a one-line error reads on the console (the launcher finds the ServerApp's by it)
+ERROR_PREFIX = "fedper: error: "
+
 
 class FedPerError(Exception):
     """A problem with the user's settings or files, reported without a traceback."""

@@ -19,16 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedper import CONF_DIR, PROJECT_ROOT
 from fedper.algorithms import ALGORITHMS
 from fedper.commit import RoundCommit, committed_round
-from fedper.config import (
-    RunPlan,
-    derive_run_spec,
-    is_placement,
-    new_run_id,
-    validate_config,
-    without_placement,
-)
 from fedper.data import prepare_dataset
 from fedper.device import client_device, describe, describe_line, resolve_performance
 from fedper.errors import ConfigError, Interrupted
@@ -45,10 +38,12 @@ from fedper.rundir import (
     sweep_temporaries,
     write_run_id,
 )
+from fedper.settings import is_setting, settings_only
+from fedper.spec import RunPlan, derive_run_spec, new_run_id
 from fedper.state import load_checkpoint, tensors_digest, write_text_atomic
+from fedper.validation import validate_config
 
 log = logging.getLogger("fedper")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PATH_KEYS = ("data_dir", "state_dir")
 CONFIG_WAY_OUT = "restore it, or start a fresh run in a new directory"
 
@@ -88,7 +83,7 @@ def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> 
         key = override.lstrip("+~").partition("=")[0]
         if key == "resume" or key.startswith(("hydra.", "hydra/")):
             continue
-        if is_placement(key.replace("/", ".")):  # where it runs: the engine, devices, resources
+        if not is_setting(key.replace("/", ".")):  # where it runs: the engine, devices, resources
             group = key.replace("/", ".").split(".", 1)[0]
             settings[group] = OmegaConf.to_container(cfg, resolve=True)[group]
             continue
@@ -115,11 +110,11 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     settings = settings_of(cfg)
     if (run_dir / CONFIG_FILE).exists():
         # where it runs may change between legs (e.g. a sweep continued with other --jobs)
-        saved = without_placement(saved_settings(run_dir))
-        if saved != without_placement(settings):
+        saved = settings_only(saved_settings(run_dir))
+        if saved != settings_only(settings):
             raise ConfigError(
                 f"{run_dir} holds a run with other settings "
-                f"({first_difference(saved, without_placement(settings))}): choose another "
+                f"({first_difference(saved, settings_only(settings))}): choose another "
                 f"hydra.run.dir, or continue that run with resume={run_dir}"
             )
     else:
@@ -202,7 +197,7 @@ def config_from_run_config(run_config, flower_run_id: int) -> tuple[DictConfig, 
     from hydra import compose, initialize_config_dir
 
     overrides = str(run_config.get("overrides") or "").split()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base=None):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose(str(run_config.get("preset") or "base"), overrides=overrides)
     run_dir = str(run_config.get("run-dir") or "") or f"outputs/flwr-run-{flower_run_id}"
     return cfg, Path(run_dir).expanduser().resolve()

@@ -30,7 +30,7 @@ LOCK_FILE = ".run.lock"
 RUN_FILES = {RUN_ID_FILE, CONFIG_FILE, RESULTS_JSON, RESULTS_CSV, RESULTS_PNG, CHECKPOINT}
 HYDRA_FILES = {".hydra", "main.log"}  # Hydra writes them before fedper runs; fedper's here
 CHECKSUM_KEY = "sha256"
-# what `fedper.config.new_run_id` makes; the run id names a folder under state_dir
+# what `fedper.spec.new_run_id` makes; the run id names a folder under state_dir
 RUN_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
 
 

@@ -20,17 +20,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
 from fedper.commit import RoundCommit
-from fedper.config import SPEC_KEY, RunPlan
-from fedper.errors import FedPerError, Interrupted
+from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
 from fedper.models import build_model
 from fedper.rundir import RunLock
+from fedper.spec import FATAL, SPEC_KEY, RunPlan
 from fedper.strategy import FedPerStrategy, client_metrics, record_bytes, round_entry
 
 log = logging.getLogger("fedper")
 app = ServerApp()
-FATAL = "fatal"  # the record a client answers with when it cannot take part at all
 POLL_SECONDS = 0.02
-ERROR_PREFIX = "fedper: error: "  # how the ServerApp's one-line errors reach the launcher
 
 
 @app.main()
@@ -172,7 +170,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     cfg = spec.cfg
     run_dir = Path(spec.run_dir)
     algorithm = ALGORITHMS[cfg.algorithm]
-    header = {"run_id": spec.run_id, "config": spec.config, **plan.header}
+    header = {"run_id": spec.run_id, "config": spec.resolved_config, **plan.header}
     results = RoundCommit(run_dir, spec.run_id, header)
     checkpoint = results.restore()  # also repairs whatever view a kill left behind or ahead
     if checkpoint is None:

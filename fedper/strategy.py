@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedper.config import HEAD_ROUND_KEY, RESTARTED_METRIC
 from fedper.errors import FedPerError
+from fedper.spec import HEAD_ROUND_KEY, RESTARTED_METRIC
 
 
 def record_bytes(record: ArrayRecord) -> int:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fedper import CONF_DIR
 from fedper.algorithms import ALGORITHMS
 from fedper.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # sections a tool adds to its own preset and checks itself (fedper.bench: conf/bench.yaml)
 TOOL_SECTIONS = ("bench",)
 ENGINE_ADDRESS_KEYS = {"simulation": None, "ray": "address", "deployment": "superlink"}

@@ -15,9 +15,9 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedper import client_app
-from fedper.config import RunPlan
 from fedper.experiment import plan_run
 from fedper.server_app import run_server
+from fedper.spec import RunPlan
 
 HANDLERS = {
     MessageType.QUERY: client_app.introduce,

@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from harness import LocalGrid, node_configs, plan_local, run_local, set_task_identity
 
 from fedper import client, client_app, engines, server_app
-from fedper.config import SPEC_KEY
 from fedper.errors import FedPerError, Interrupted
 from fedper.models import build_model
 from fedper.server_app import run_server
+from fedper.spec import SPEC_KEY
 from fedper.state import DiskHeadStore
 
 

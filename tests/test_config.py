@@ -5,8 +5,8 @@ import os
 import pytest
 from conftest import TINY, make_config, run_main
 
-from fedper.config import validate_config
 from fedper.errors import ConfigError
+from fedper.validation import validate_config
 
 
 @pytest.mark.parametrize(

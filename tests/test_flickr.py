@@ -10,7 +10,6 @@ import pytest
 from conftest import make_config, read_results, run_main
 from PIL import Image
 
-from fedper.config import validate_config
 from fedper.data import prepare_dataset
 from fedper.data.flickr import (
     IMAGE_DIR,
@@ -21,6 +20,7 @@ from fedper.data.flickr import (
 )
 from fedper.data.split import split_train_test, stratified_test_counts
 from fedper.errors import ConfigError, DatasetNotFoundError
+from fedper.validation import validate_config
 
 NUM_PHOTOS = 80
 # rated-photo counts per worker; with the bounds below (more than 8, fewer than 15) the

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import make_config
 
-from fedper.config import validate_config
 from fedper.data.transforms import BatchTransform
 from fedper.device import client_device, resolve_performance
 from fedper.errors import ConfigError
 from fedper.models import build_model
 from fedper.training import TrainSettings, evaluate, train
+from fedper.validation import validate_config
 
 SMALL = ["dataset=digits", "model.width_multiplier=0.25", "client_device=cpu", "batch_size=16"]
 

@@ -49,7 +49,7 @@ def train_message(request: dict, round_num: int):
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-    from fedper.config import SPEC_KEY
+    from fedper.spec import SPEC_KEY
 
     arrays = torch.load(request["arrays"], weights_only=True)
     config = ConfigRecord({SPEC_KEY: request["spec"], "server-round": round_num})

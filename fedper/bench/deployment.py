@@ -15,14 +15,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedper import CONF_DIR
 from fedper.bench.local_federation import Federation
 from fedper.bench.report import mean, round_cost, steady
 from fedper.bench.settings import BENCH_JSON, TARGETS, BenchSettings
 from fedper.bench.startup import measure_cold_start
-from fedper.config import validate_config
 from fedper.errors import ConfigError
-from fedper.experiment import PROJECT_ROOT, plan_run, run_experiment
+from fedper.experiment import plan_run, run_experiment
 from fedper.state import write_text_atomic
+from fedper.validation import validate_config
 
 # where Flower waits between polls (functions whose `sleep(<seconds>)` calls are read)
 FLOWER_SLEEPS = (
@@ -72,7 +73,7 @@ def flower_polling() -> list[dict]:
 
 def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
     """The config with its engine group switched, as `engine=<name> engine.<key>=...` would."""
-    engine = OmegaConf.merge(OmegaConf.load(PROJECT_ROOT / "conf" / "engine" / f"{name}.yaml"),
+    engine = OmegaConf.merge(OmegaConf.load(CONF_DIR / "engine" / f"{name}.yaml"),
                              values)  # fmt: skip
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.engine = engine

@@ -18,9 +18,9 @@ import torch
 from fedper.algorithms import ALGORITHMS
 from fedper.bench.resources import cuda_visible, gpus_of_worker, visible_gpus
 from fedper.client import ClientWorker, NodePaths
-from fedper.config import RunSpec
 from fedper.errors import FedPerError
 from fedper.models import build_model
+from fedper.spec import RunSpec
 from fedper.state import MemoryHeadStore
 
 

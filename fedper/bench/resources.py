@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
-from fedper.config import resolve_num_gpus
+from fedper.device import resolve_num_gpus
 from fedper.errors import ConfigError
 
 

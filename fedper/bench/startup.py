@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from fedper.algorithms import ALGORITHMS
-from fedper.config import RunSpec
 from fedper.data import prepare_dataset
 from fedper.errors import FedPerError
 from fedper.models import build_model
+from fedper.spec import RunSpec
 
 # modules a client should not need; found in the import path, they are named with the chain
 HEAVY_MODULES = ("pandas", "matplotlib", "sklearn", "scipy", "hydra", "PIL", "torchvision")

@@ -16,10 +16,10 @@ from fedper.bench.report import bench_report
 from fedper.bench.resources import num_actors
 from fedper.bench.sampling import MemorySampler, driver_max_rss_bytes
 from fedper.bench.settings import BENCH_JSON, BenchSettings
-from fedper.config import validate_config
 from fedper.errors import ConfigError
 from fedper.experiment import plan_run, run_experiment
 from fedper.state import write_text_atomic
+from fedper.validation import validate_config
 
 FEDERATED_DIR = "federated"
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedper.config import is_placement
 from fedper.errors import FedPerError
 from fedper.results import RESULTS_JSON
+from fedper.settings import is_setting
 
 log = logging.getLogger("fedper.plot")
 
-# Runs that differ only in where they ran (fedper.config.is_placement), their seed and their
+# Runs that differ only in keys that are not a setting (fedper.settings), their seed and their
 # folders are repeats of one setting.
 IGNORED_KEYS = frozenset(
     {"seed", "dataset.seed", "data_dir", "state_dir", "dataset.download", "resume"}
@@ -90,7 +90,7 @@ def setting_from_config(config: dict) -> dict[str, object]:
     return {
         key: value
         for key, value in flatten(config).items()
-        if key not in IGNORED_KEYS and not is_placement(key) and not is_machine_path(value)
+        if key not in IGNORED_KEYS and is_setting(key) and not is_machine_path(value)
     }
 
 

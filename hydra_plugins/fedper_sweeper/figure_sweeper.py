@@ -19,7 +19,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.errors import FedPerError
+from fedper.errors import ERROR_PREFIX, FedPerError
 from fedper.sweeps import (
     check_only,
     expand_jobs,
@@ -80,7 +80,7 @@ class FigureSweeper(BasicSweeper):
         try:
             prepare_datasets(c for c, s in zip(configs, statuses, strict=True) if s != "finished")
         except FedPerError as error:  # e.g. a dataset that is not there: once, not per run
-            print(f"fedper: error: {error}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
             sys.exit(2)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -100,7 +100,7 @@ class FigureSweeper(BasicSweeper):
                 seeds=self.seeds, first_seed=self.config.seed,
             )  # fmt: skip
         except FedPerError as error:
-            print(f"fedper: error: {error}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
             sys.exit(2)
 
     def _plan(self, job: list[str]) -> tuple[str, str, DictConfig]:

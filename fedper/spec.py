@@ -1,4 +1,4 @@
-"""Checking the composed config, deriving run-time values, and handing both to the apps."""
+"""What every app of one run agrees on (RunSpec, RunPlan) and the keys under which it travels."""
 
 from __future__ import annotations
 
@@ -11,38 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.device import (  # noqa: F401  (re-exported for the apps)
-    Performance,
-    check_performance,
-    gpu_share,
-    resolve_device,
-    resolve_num_gpus,
-    resolve_performance,
-)
+from fedper.device import gpu_share
 from fedper.errors import ConfigError
-from fedper.validation import validate_config  # noqa: F401 (imported from here)
-
-# Keys that say where and on what hardware a run runs, or how it recovers from lost heads, not
-# what it computes. A run continued (or resumed) with other values of these is the same run;
-# plots group runs that differ only in these, the seed and the folders as repeats of one setting
-# (a run that did restart a head says so in its rounds' `restarted_heads`).
-PLACEMENT_KEYS = ("server_device", "client_device", "restart_lost_heads")
-PLACEMENT_GROUPS = ("engine", "client_resources", "performance")
-
-
-def is_placement(key: str) -> bool:
-    """`key` (dotted) only says where or on what hardware the run runs."""
-    return key in PLACEMENT_KEYS or key.split(".", 1)[0] in PLACEMENT_GROUPS
-
-
-def without_placement(settings: dict) -> dict:
-    """A run's settings without the keys that only say where it runs."""
-    return {
-        key: value
-        for key, value in settings.items()
-        if key not in PLACEMENT_KEYS and key not in PLACEMENT_GROUPS
-    }
-
 
 # The key under which the run's settings (a RunSpec as JSON) travel: in every message's
 # ConfigRecord to the clients, and in the run_config of a run submitted with `flwr run`.
@@ -52,6 +22,8 @@ SPEC_KEY = "fedper-spec"
 # initial head because that head was lost (`restart_lost_heads`).
 HEAD_ROUND_KEY = "head-round"
 RESTARTED_METRIC = "head_restarted"
+# The record a client answers with when it cannot take part at all; the server stops the run.
+FATAL = "fatal"
 
 
 @dataclass(frozen=True)
@@ -62,7 +34,7 @@ class RunSpec:
     variable and no file the server wrote. It is a few kB of JSON.
     """
 
-    config: dict  # the resolved config, as composed by Hydra; never rewritten
+    resolved_config: dict  # the config as composed by Hydra, resolved; never rewritten
     run_id: str
     run_dir: str  # where the ServerApp writes results and its checkpoint (absolute)
     data_dir: str  # default data folder of a node without its own `data-dir` (absolute)
@@ -73,7 +45,8 @@ class RunSpec:
 
     @property
     def cfg(self) -> DictConfig:
-        return _as_config(json.dumps(self.config, sort_keys=True))
+        """`resolved_config` as a read-only DictConfig (made once per spec and process)."""
+        return _as_config(json.dumps(self.resolved_config, sort_keys=True))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -115,7 +88,7 @@ def derive_run_spec(
     resume from another working directory find the same folders.
     """
     return RunSpec(
-        config=OmegaConf.to_container(cfg, resolve=True),
+        resolved_config=OmegaConf.to_container(cfg, resolve=True),
         run_id=run_id,
         run_dir=str(Path(run_dir).resolve()),
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()),
