@@ -37,10 +37,11 @@ def worker(msg: Message, context: Context) -> tuple[ClientWorker, int, int]:
 
 
 def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
-    """The test-only `debug.fail_*` hook: raise where a real client could fail (OOM, bad file)."""
-    debug = spec.resolved_config.get("debug") or {}
+    """The test-only `faults.fail_*` injection: raise where a real client could fail (OOM, a
+    bad file)."""
+    faults = spec.resolved_config.get("faults") or {}
     phase = {"train": "train", "evaluate": "evaluate"}.get(kind)
-    if (debug.get("fail_client"), debug.get("fail_round"), debug.get("fail_phase")) == (
+    if (faults.get("fail_client"), faults.get("fail_round"), faults.get("fail_phase")) == (
         cid,
         round_num,
         phase,

@@ -38,7 +38,7 @@ from fedper.rundir import (
     sweep_temporaries,
     write_run_id,
 )
-from fedper.settings import is_setting, settings_only
+from fedper.settings import is_setting, settings_only, with_current_names
 from fedper.spec import RunPlan, derive_run_spec, new_run_id
 from fedper.state import load_checkpoint, tensors_digest, write_text_atomic
 from fedper.validation import validate_config
@@ -67,7 +67,7 @@ def first_difference(a, b, prefix: str = "") -> str:
 
 
 def saved_settings(run_dir: Path) -> dict:
-    return read_checked_json(run_dir / CONFIG_FILE, CONFIG_WAY_OUT)["config"]
+    return with_current_names(read_checked_json(run_dir / CONFIG_FILE, CONFIG_WAY_OUT)["config"])
 
 
 def save_settings(run_dir: Path, settings: dict) -> None:

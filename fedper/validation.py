@@ -190,7 +190,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_folder("state_dir", cfg.state_dir, must_create=cfg.engine.name != "deployment")
     resume = cfg.get("resume")
     check(resume is None or isinstance(resume, str), f"resume={show(resume)} is not a run directory: use resume=<dir>")  # fmt: skip
-    validate_debug(cfg)
+    validate_faults(cfg)
     check_data_settings(cfg)
 
 
@@ -218,16 +218,16 @@ def validate_dataset(cfg: DictConfig) -> None:
         check_bool("dataset.augment.flip", augment.flip)
 
 
-def validate_debug(cfg: DictConfig) -> None:
-    """The test-only fault hook: off (null) or a client, a round and a phase that exist."""
-    debug = cfg.get("debug") or {}
-    if debug.get("fail_client") is not None:
-        check_range("debug.fail_client", debug.fail_client, 0, cfg.num_clients - 1,
+def validate_faults(cfg: DictConfig) -> None:
+    """The test-only fault injection: off (null) or a client, a round and a phase that exist."""
+    faults = cfg.get("faults") or {}
+    if faults.get("fail_client") is not None:
+        check_range("faults.fail_client", faults.fail_client, 0, cfg.num_clients - 1,
                     f" for num_clients={cfg.num_clients}")  # fmt: skip
-    if debug.get("fail_round") is not None:
-        check_whole("debug.fail_round", debug.fail_round, 1)
-    if "fail_phase" in debug:
-        check_choice("debug.fail_phase", debug.fail_phase, ["train", "evaluate"])
+    if faults.get("fail_round") is not None:
+        check_whole("faults.fail_round", faults.fail_round, 1)
+    if "fail_phase" in faults:
+        check_choice("faults.fail_phase", faults.fail_phase, ["train", "evaluate"])
 
 
 def validate_engine(cfg: DictConfig) -> None:

@@ -242,7 +242,7 @@ def test_sigterm_and_sigint_take_the_clean_path_and_resume_is_bit_identical(
 
 
 def test_a_partial_round_is_marked_everywhere_and_counted_at_the_end(tmp_path, caplog):
-    failing = ["debug.fail_client=1", "debug.fail_round=2", "min_successful_clients=2"]
+    failing = ["faults.fail_client=1", "faults.fail_round=2", "min_successful_clients=2"]
     with caplog.at_level(logging.INFO, logger="fedper"):
         results = start(tmp_path, failing)
     run_dir = tmp_path / "run"
@@ -265,7 +265,7 @@ def test_a_partial_round_is_marked_everywhere_and_counted_at_the_end(tmp_path, c
 
 def test_by_default_a_failing_client_stops_the_run_with_its_reason(tmp_path):
     with pytest.raises(Exception) as error:
-        start(tmp_path, ["debug.fail_client=1", "debug.fail_round=2"])
+        start(tmp_path, ["faults.fail_client=1", "faults.fail_round=2"])
     assert str(error.value) == (
         "round 2 train: only 2 client(s) succeeded, fewer than min_successful_clients=3 "
         "(client 1: injected failure of client 1 in round 2 train)"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fedper.errors import FedPerError
 from fedper.results import RESULTS_JSON
-from fedper.settings import is_setting
+from fedper.settings import is_setting, with_current_names
 
 log = logging.getLogger("fedper.plot")
 
@@ -89,7 +89,7 @@ def setting_from_config(config: dict) -> dict[str, object]:
     """The part of a run's config that makes it a setting: all of it but seeds, paths, devices."""
     return {
         key: value
-        for key, value in flatten(config).items()
+        for key, value in flatten(with_current_names(config)).items()
         if key not in IGNORED_KEYS and is_setting(key) and not is_machine_path(value)
     }
 
