@@ -34,10 +34,11 @@ from fedper.device import (
     resolve_performance,
 )
 from fedper.errors import FedPerError, StateFileError
+from fedper.heads import HEAD_WAY_OUT, DiskHeadStore, HeadStore
 from fedper.models import ModelSplit, build_model
 from fedper.rundir import RUN_ID_PATTERN
 from fedper.spec import RESTARTED_METRIC, RunSpec
-from fedper.state import HEAD_WAY_OUT, DiskHeadStore, HeadStore, tensors_digest
+from fedper.tensor_files import tensors_digest
 from fedper.training import TrainSettings, evaluate, train
 
 

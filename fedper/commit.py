@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from fedper.atomic import discard, publish, stage
+from fedper.checkpoint import CHECKPOINT, Checkpoint, encode_checkpoint, load_checkpoint
 from fedper.errors import StateFileError, StorageError
 from fedper.results import finite, results_csv, results_json, results_png
 from fedper.rundir import (
@@ -40,15 +42,6 @@ from fedper.rundir import (
     RESULTS_PNG,
     read_checked_json,
     sweep_temporaries,
-)
-from fedper.state import (
-    CHECKPOINT,
-    Checkpoint,
-    discard,
-    encode_checkpoint,
-    load_checkpoint,
-    publish,
-    stage,
 )
 
 log = logging.getLogger("fedper")

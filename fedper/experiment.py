@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedper import CONF_DIR, PROJECT_ROOT
 from fedper.algorithms import ALGORITHMS
+from fedper.atomic import write_text_atomic
+from fedper.checkpoint import load_checkpoint
 from fedper.commit import RoundCommit, committed_round
 from fedper.data import prepare_dataset
 from fedper.device import client_device, describe, describe_line, resolve_performance
@@ -40,7 +42,7 @@ from fedper.rundir import (
 )
 from fedper.settings import is_setting, settings_only, with_current_names
 from fedper.spec import RunPlan, derive_run_spec, new_run_id
-from fedper.state import load_checkpoint, tensors_digest, write_text_atomic
+from fedper.tensor_files import tensors_digest
 from fedper.validation import validate_config
 
 log = logging.getLogger("fedper")

@@ -18,8 +18,9 @@ import socket
 import time
 from pathlib import Path
 
+from fedper.atomic import TMP_SUFFIX, storage_error, write_text_atomic
+from fedper.checkpoint import CHECKPOINT
 from fedper.errors import FedPerError, StateFileError
-from fedper.state import CHECKPOINT, TMP_SUFFIX, storage_error, write_text_atomic
 
 RUN_ID_FILE = "run_id"
 CONFIG_FILE = "run_config.json"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_config
-from harness import plan_local, run_local, set_task_identity
+from helpers import make_config, newest_head, plan_local, run_local
 
 from fedper import client
 from fedper.algorithms import ALGORITHMS
@@ -16,12 +15,7 @@ from fedper.models import build_model
 BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker():
-    set_task_identity()
-    client._WORKERS.clear()
-    yield
-    client._WORKERS.clear()
+pytestmark = pytest.mark.usefixtures("fresh_worker")
 
 
 def batchnorm_keys(model, part=None, stats_only=False):
@@ -69,7 +63,7 @@ def test_what_leaves_the_client_and_what_stays_is_what_it_saved(tmp_path, algori
 
     result = worker.train(0, 1, sent)
     assert set(result.shared) == shared  # exactly these arrays leave the client
-    saved = worker.store.load(0, before_round=2)
+    saved = newest_head(worker.store, 0, before_round=2)
     if personal:
         # what stays is exactly the rest, and it is the trained model's state, saved
         assert set(saved) == personal
@@ -116,7 +110,7 @@ def test_fedrep_without_head_epochs_leaves_the_head_untouched(tmp_path):
     worker = worker_for(plan.spec, NodePaths.of(plan.spec, {}))
     shared = build_model(plan.spec.cfg, seed=42).state_of(worker.shared_keys)
     worker.train(0, 1, shared)
-    saved = worker.store.load(0, before_round=2)
+    saved = newest_head(worker.store, 0, before_round=2)
     initial = worker.initial
     head = [k for k in saved if k.startswith("head.")]
     assert head and all(torch.equal(saved[k], initial[k]) for k in head)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import make_config, newest_head
 
 from fedper.bench.plain import LatestHeadStore, average, run_plain
 from fedper.bench.report import (
@@ -27,7 +28,6 @@ from fedper.bench.settings import BenchSettings
 from fedper.bench.versus_plain import run_benchmark
 from fedper.errors import ConfigError
 from fedper.training import batch_slices
-from tests.conftest import make_config
 
 TINY_BENCH = [
     "dataset.size=600",
@@ -208,14 +208,14 @@ def test_the_plain_loop_keeps_only_each_clients_newest_head():
     store = LatestHeadStore()
     store.save(0, 1, {"w": torch.zeros(1)})
     store.save(0, 2, {"w": torch.ones(1)})
-    assert store.load(0, before_round=3)["w"].item() == 1.0
-    assert store.load(0, before_round=2) is None and list(store.heads[0]) == [2]
+    assert newest_head(store, 0, before_round=3)["w"].item() == 1.0
+    assert newest_head(store, 0, before_round=2) is None and list(store.heads[0]) == [2]
 
 
 def test_plain_loop_repeats_the_client_apps_work(tmp_path):
     """Two rounds through the ClientApp (in process) and through the plain loop agree: the
     same client core, and the server's aggregation between the rounds."""
-    from harness import plan_local, run_local
+    from helpers import plan_local, run_local
 
     from fedper import client
 

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from helpers import make_config
 
 from fedper.bench.deployment import (
     flower_polling,
@@ -19,7 +20,6 @@ from fedper.bench.sampling import psutil_module
 from fedper.bench.startup import import_chains, measure_cold_start, split
 from fedper.experiment import plan_run
 from fedper.validation import validate_config
-from tests.conftest import make_config
 
 TINY = ["bench=deployment", "num_rounds=2", "bench.cold_starts=1"]
 

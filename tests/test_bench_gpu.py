@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from helpers import make_config
 
 from fedper.bench.gpu import bf16_on, channels_last_on, gpu_check, skip_reason
 from fedper.bench.table import gpu_lines
-from tests.conftest import make_config
 
 CUDA = torch.cuda.is_available()
 

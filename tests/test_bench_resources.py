@@ -7,6 +7,7 @@ import os
 
 import pytest
 from flwr.simulation.ray_transport import ray_actor
+from helpers import make_config
 
 from fedper.bench.resources import (
     count_actors,
@@ -16,7 +17,6 @@ from fedper.bench.resources import (
     num_actors,
 )
 from fedper.errors import ConfigError
-from tests.conftest import make_config
 
 NODES = [
     [{"CPU": 2.0}],

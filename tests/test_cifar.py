@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import make_config
+from helpers import make_config
 
 from fedper.data import load_client_data, prepare_dataset
 from fedper.data.cifar import read_batch

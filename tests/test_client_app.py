@@ -10,23 +10,16 @@ import types
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from harness import LocalGrid, node_configs, plan_local, run_local, set_task_identity
+from helpers import LocalGrid, newest_head, node_configs, plan_local, run_local
 
 from fedper import client, client_app, engines, server_app
 from fedper.errors import FedPerError, Interrupted
+from fedper.heads import DiskHeadStore
 from fedper.models import build_model
 from fedper.server_app import run_server
 from fedper.spec import SPEC_KEY
-from fedper.state import DiskHeadStore
 
-
-@pytest.fixture(autouse=True)
-def fresh_worker():
-    """Each test starts as a new worker process would: no worker cached, a task identity."""
-    set_task_identity()
-    client._WORKERS.clear()
-    yield
-    client._WORKERS.clear()
+pytestmark = pytest.mark.usefixtures("fresh_worker")
 
 
 class Node:
@@ -104,7 +97,7 @@ def test_head_used_in_round_2_is_the_one_saved_after_round_1(tmp_path):
     plan = plan_local(tmp_path)
     first, second = Node(plan, 0), Node(plan, 1)
     first.train(1)
-    saved = store(plan).load(0, before_round=2)
+    saved = newest_head(store(plan), 0, before_round=2)
     initial = build_model(plan.spec.cfg, seed=plan.spec.cfg.seed).part_state(("head",))
     assert any(not torch.equal(saved[k], initial[k]) for k in initial)
     second.train(1)  # another client trains in between on the same worker (same model object)
@@ -121,11 +114,11 @@ def test_evaluation_uses_the_head_trained_this_round_and_changes_nothing(tmp_pat
     plan = plan_local(tmp_path)
     node = Node(plan, 2)
     node.train(1)
-    before = store(plan).load(2, before_round=2)
+    before = newest_head(store(plan), 2, before_round=2)
     first = node.evaluate(1).content["metrics"]
     second = node.evaluate(1).content["metrics"]
     assert (first["accuracy"], first["loss"]) == (second["accuracy"], second["loss"])
-    after = store(plan).load(2, before_round=2)
+    after = newest_head(store(plan), 2, before_round=2)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from harness import plan_local, set_task_identity
+from helpers import newest_head, plan_local
 
 from fedper import client
 from fedper.client import NodePaths, worker_for
@@ -19,12 +19,7 @@ SMALL = ["dataset=synthetic", "dataset.size=240", "dataset.num_classes=4",
          "num_clients=2", "clients_per_round=2", "batch_size=16"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker():
-    set_task_identity()
-    client._WORKERS.clear()
-    yield
-    client._WORKERS.clear()
+pytestmark = pytest.mark.usefixtures("fresh_worker")
 
 
 def worker_of(plan):
@@ -81,8 +76,8 @@ def test_each_client_keeps_exactly_its_own_head(tmp_path):
     worker.evaluate(1, 1, shared)
     assert same(head_of(worker.model), head_b)
     worker.train(0, 2, shared)  # a second round of A starts from A's head, never B's
-    assert same(worker.store.load(0, before_round=2), head_a)
-    assert same(worker.store.load(1, before_round=3), head_b)
+    assert same(newest_head(worker.store, 0, before_round=2), head_a)
+    assert same(newest_head(worker.store, 1, before_round=3), head_b)
 
 
 def test_fedavg_after_fedper_in_the_same_process_carries_nothing_over(tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from harness import plan_local, run_local
+from helpers import plan_local, run_local
 
+from fedper.checkpoint import load_checkpoint
 from fedper.commit import KILL_ENV, KILLED_EXIT, STEPS, RoundCommit
 from fedper.results import load_results
 from fedper.rundir import read_run_id
-from fedper.state import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 RUN = ["num_rounds=2"]
@@ -23,7 +23,7 @@ CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from harness import plan_local, run_local
+from helpers import plan_local, run_local
 run_local(plan_local(Path(sys.argv[2]), sys.argv[4:], name=sys.argv[3]))
 """
 

@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import TINY, make_config, run_main
+from helpers import TINY, make_config, run_main
 
 from fedper.errors import ConfigError
 from fedper.validation import validate_config

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "cores_by_process.py"
 

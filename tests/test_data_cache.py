@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, make_config
 
+from fedper.atomic import write_file_atomic as write_atomic
 from fedper.data import (
     DATASET_LABELS,
     DATASETS,
@@ -23,8 +25,6 @@ from fedper.data import (
 )
 from fedper.data.cache import PoolCache, from_images, pixel_stats, row_table
 from fedper.errors import DatasetNotFoundError, StorageError
-from fedper.state import write_file_atomic as write_atomic
-from tests.conftest import ROOT, make_config
 
 
 def digits_config(data_dir: Path, *extra: str):
@@ -199,11 +199,15 @@ def test_fingerprint_changes_with_any_part_and_not_across_processes(tmp_path):
     dataset = prepare_dataset(digits_config(tmp_path))
     base = dataset.fingerprint()
     script = (
-        "import sys; from tests.conftest import make_config; from fedper.data import prepare_dataset;"
+        "import sys; from helpers import make_config; from fedper.data import prepare_dataset;"
         f"print(prepare_dataset(make_config(['dataset=digits', 'data_dir={tmp_path}', "
         "'num_clients=4'])).fingerprint())"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "123",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    }
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -237,8 +241,10 @@ def test_the_cached_path_is_cheap_and_imports_no_heavy_library(tmp_path):
     prepare_dataset(digits_config(tmp_path))  # builds the cache
     script = f"""
 import sys, time
-from tests.conftest import make_config
-cfg = make_config(['dataset=digits', 'data_dir={tmp_path}', 'num_clients=10'])
+from hydra import compose, initialize_config_dir
+from fedper import CONF_DIR
+with initialize_config_dir(str(CONF_DIR), version_base=None):
+    cfg = compose("base", ['dataset=digits', 'data_dir={tmp_path}', 'num_clients=10'])
 from fedper.data import prepare_dataset
 prepare_dataset(cfg)
 heavy = sorted(m for m in ('sklearn', 'pandas', 'PIL', 'datasets', 'flwr_datasets')

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 
 from fedper import device as dev
 from fedper.device import (

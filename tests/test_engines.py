@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_results, run_main
+from helpers import read_results, run_main
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

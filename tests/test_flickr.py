@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config, read_results, run_main
+from helpers import make_config, read_results, run_main
 from PIL import Image
 
 from fedper.data import prepare_dataset

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, read_results, run_main
+from helpers import TINY, read_results, run_main
 
 pytestmark = pytest.mark.slow
 BASE = ["dataset=digits", *TINY]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_config
 
 from fedper.data import prepare_dataset
 from fedper.data.partition import PartitionSettings, partition_labels
 from fedper.data.split import split_shared, validation_counts
 from fedper.errors import ConfigError
-from tests.conftest import make_config
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 examples, 60 per class
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 
 from fedper.data.transforms import BatchTransform
 from fedper.device import client_device, resolve_performance

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.plot_results import config, write_run
 from PIL import Image
-from plot_results import config, write_run
 
 from fedper.algorithms import ALGORITHMS
 from fedper.plot import accuracy_curves, build_figures, load_runs, plot_runs, summary_table

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from plot_results import config, write_run
+from helpers.plot_results import config, write_run
 
 from fedper.plot import pack_sweep, plot_runs, read_packed
 from fedper.plot.runs import PlotError

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from plot_results import config, write_run
+from helpers.plot_results import config, write_run
 
 from fedper.plot import (
     build_figures,
@@ -216,7 +216,7 @@ def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None
 
 
 def test_tables_on_validation_data_read_only_validation_accuracy(tmp_path):
-    from plot_results import config, write_run
+    from helpers.plot_results import config, write_run
 
     from fedper.plot.cli import plot_runs
 

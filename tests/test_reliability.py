@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_config, read_results, run_main
-from harness import plan_local, run_local
+from helpers import TINY, make_config, plan_local, read_results, run_local, run_main
 
 from fedper.experiment import run_experiment
 from fedper.results import load_results
@@ -229,8 +228,8 @@ FULL_DISK_CHILD = """
 import resource, signal, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from conftest import make_config
-from harness import SMALL, run_local
+from helpers import make_config
+from helpers import SMALL, run_local
 from fedper.errors import FedPerError
 from fedper.experiment import run_experiment
 

@@ -13,8 +13,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import make_config
-from harness import SMALL, run_local
+from helpers import SMALL, make_config, run_local
 
 from fedper.commit import RoundCommit
 from fedper.errors import ConfigError, FedPerError, Interrupted, StateFileError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_config
+from helpers import make_config
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]

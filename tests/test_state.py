@@ -1,4 +1,4 @@
-"""fedper.state and fedper.results on their own: head versions, checksums, atomic writes, JSON."""
+"""Heads, state files, atomic writes and results.json on their own: versions, checksums, JSON."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ import stat
 
 import pytest
 import torch
+from helpers import newest_head
 
-import fedper.state as state_module
+import fedper.heads as heads_module
+from fedper.atomic import write_text_atomic
 from fedper.errors import StateFileError, StorageError
+from fedper.heads import DiskHeadStore, MemoryHeadStore
 from fedper.results import finite, results_json
-from fedper.state import (
-    DiskHeadStore,
-    MemoryHeadStore,
-    load_tensors,
-    save_tensors,
-    write_text_atomic,
-)
+from fedper.tensor_files import load_tensors, save_tensors
 
 
 def head(value: float) -> dict[str, torch.Tensor]:
@@ -28,18 +25,18 @@ def head(value: float) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("store_kind", ["disk", "memory"])
 def test_a_client_reads_the_newest_head_older_than_the_round_it_trains_in(tmp_path, store_kind):
     store = DiskHeadStore(tmp_path / "run") if store_kind == "disk" else MemoryHeadStore()
-    assert store.load(0, before_round=5) is None
+    assert newest_head(store, 0, before_round=5) is None
     store.save(0, 1, head(1.0))
     store.save(0, 3, head(3.0))
-    assert store.load(0, before_round=1) is None
-    assert torch.equal(store.load(0, before_round=2)["head.w"], head(1.0)["head.w"])
-    assert torch.equal(store.load(0, before_round=4)["head.w"], head(3.0)["head.w"])
+    assert newest_head(store, 0, before_round=1) is None
+    assert torch.equal(newest_head(store, 0, before_round=2)["head.w"], head(1.0)["head.w"])
+    assert torch.equal(newest_head(store, 0, before_round=4)["head.w"], head(3.0)["head.w"])
     # a head written in a round that never completed (5) is not used to redo round 5
     store.save(0, 5, head(5.0))
-    assert torch.equal(store.load(0, before_round=5)["head.w"], head(3.0)["head.w"])
+    assert torch.equal(newest_head(store, 0, before_round=5)["head.w"], head(3.0)["head.w"])
     assert store.load_version(0, before_round=5)[0] == 3  # the round it was saved in
     assert store.load_version(0, before_round=6)[0] == 5
-    assert store.load(1, before_round=9) is None  # each client only ever sees its own
+    assert newest_head(store, 1, before_round=9) is None  # each client only ever sees its own
 
 
 def test_the_disk_store_keeps_the_latest_version_and_the_one_before(tmp_path):
@@ -55,9 +52,9 @@ def test_a_save_after_a_load_reuses_what_the_load_read_and_checked(tmp_path, mon
     store.save(0, 1, head(1.0))
     store.save(0, 2, head(2.0))
     reads = []
-    real = state_module.load_tensors
-    monkeypatch.setattr(state_module, "load_tensors", lambda *a: reads.append(a) or real(*a))
-    assert torch.equal(store.load(0, before_round=3)["head.w"], head(2.0)["head.w"])
+    real = heads_module.load_tensors
+    monkeypatch.setattr(heads_module, "load_tensors", lambda *a: reads.append(a) or real(*a))
+    assert torch.equal(newest_head(store, 0, before_round=3)["head.w"], head(2.0)["head.w"])
     store.save(0, 3, head(3.0))
     assert len(reads) == 1, "the save read the file the load had just read again"
     assert sorted(store.versions(0)) == [2, 3]
@@ -67,11 +64,11 @@ def test_a_save_after_a_load_reuses_what_the_load_read_and_checked(tmp_path, mon
 def test_a_save_reads_again_when_another_writer_replaced_the_file_since_the_load(tmp_path):
     store, other = DiskHeadStore(tmp_path), DiskHeadStore(tmp_path)
     store.save(0, 1, head(1.0))
-    store.load(0, before_round=2)
+    newest_head(store, 0, before_round=2)
     other.save(0, 4, head(4.0))  # versions 1 and 4 on disk now
     store.save(0, 5, head(5.0))
     assert sorted(store.versions(0)) == [4, 5]  # from the file, not from what was loaded
-    store.load(0, before_round=6)
+    newest_head(store, 0, before_round=6)
     store.save(1, 6, head(6.0))  # another client: nothing of client 0 is carried over
     assert sorted(store.versions(1)) == [6]
 

@@ -14,7 +14,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from harness import set_task_identity
+from helpers import set_task_identity
 
 from fedper.errors import FedPerError
 from fedper.strategy import (

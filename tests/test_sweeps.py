@@ -202,7 +202,7 @@ def test_run_status_reads_the_rounds_a_folder_holds(tmp_path: Path) -> None:
 
 
 def test_each_dataset_cache_is_prepared_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import make_config
+    from helpers import make_config
 
     import fedper.data
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_config
 
 from fedper.data import prepare_dataset
 from fedper.data.synthetic import make_synthetic
 from fedper.errors import ConfigError
-from tests.conftest import make_config
 
 
 def synthetic_config(tmp_path, *overrides: str):

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
+from helpers import make_config
 
 from fedper.data.transforms import BatchTransform
 from fedper.device import apply_performance, resolve_performance

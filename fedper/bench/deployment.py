@@ -16,13 +16,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fedper import CONF_DIR
+from fedper.atomic import write_text_atomic
 from fedper.bench.local_federation import Federation
 from fedper.bench.report import mean, round_cost, steady
 from fedper.bench.settings import BENCH_JSON, TARGETS, BenchSettings
 from fedper.bench.startup import measure_cold_start
 from fedper.errors import ConfigError
 from fedper.experiment import plan_run, run_experiment
-from fedper.state import write_text_atomic
 from fedper.validation import validate_config
 
 # where Flower waits between polls (functions whose `sleep(<seconds>)` calls are read)

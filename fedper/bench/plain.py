@@ -19,9 +19,9 @@ from fedper.algorithms import ALGORITHMS
 from fedper.bench.resources import cuda_visible, gpus_of_worker, visible_gpus
 from fedper.client import ClientWorker, NodePaths
 from fedper.errors import FedPerError
+from fedper.heads import MemoryHeadStore
 from fedper.models import build_model
 from fedper.spec import RunSpec
-from fedper.state import MemoryHeadStore
 
 
 class LatestHeadStore(MemoryHeadStore):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedper.atomic import write_text_atomic
 from fedper.bench.gpu import gpu_check
 from fedper.bench.plain import run_plain
 from fedper.bench.preparation import time_client_preparation
@@ -18,7 +19,6 @@ from fedper.bench.sampling import MemorySampler, driver_max_rss_bytes
 from fedper.bench.settings import BENCH_JSON, BenchSettings
 from fedper.errors import ConfigError
 from fedper.experiment import plan_run, run_experiment
-from fedper.state import write_text_atomic
 from fedper.validation import validate_config
 
 FEDERATED_DIR = "federated"

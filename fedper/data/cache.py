@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedper.atomic import write_file_atomic
 from fedper.errors import FedPerError
-from fedper.state import write_file_atomic
 
 log = logging.getLogger("fedper")
 

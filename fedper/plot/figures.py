@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from fedper.atomic import write_atomic
 from fedper.plot.display import (
     NAMING_KEYS,
     algorithm_style,
@@ -35,7 +36,6 @@ from fedper.plot.display import (
 )
 from fedper.plot.runs import PlotError
 from fedper.plot.stats import accuracy_curves
-from fedper.state import write_atomic
 
 BANDS = ("minmax", "std", "ci", "none")
 BAND_TEXT = {"minmax": "min to max over seeds", "std": "± 1 std over seeds", "ci": "95% CI of the mean"}  # fmt: skip

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fedper.atomic import write_atomic
 from fedper.plot.runs import (
     PACKED_FORMAT,
     PACKED_SUFFIXES,
@@ -24,7 +25,6 @@ from fedper.plot.runs import (
     is_machine_path,
     read_run,
 )
-from fedper.state import write_atomic
 
 # config keys that only say where files live on the machine that ran
 PATH_KEYS = frozenset({"data_dir", "state_dir", "resume", "run_dir"})

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedper.atomic import write_text_atomic
 from fedper.plot.compare import PAIRED_MEASURES
 from fedper.plot.display import COLUMN_TITLES, cell, is_missing, seeds_cell, text
 from fedper.plot.stats import ALPHA, INTERVAL_FIELDS, LAST_ROUNDS, MEASURES
-from fedper.state import write_text_atomic
 
 SUMMARY_NUMBERS = (
     "num_seeds", "seeds", "rounds_done", "partial_rounds", "reused_from", "target",

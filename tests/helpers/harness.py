@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from conftest import make_config
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -18,6 +17,7 @@ from fedper import client_app
 from fedper.experiment import plan_run
 from fedper.server_app import run_server
 from fedper.spec import RunPlan
+from helpers.config import make_config
 
 HANDLERS = {
     MessageType.QUERY: client_app.introduce,
@@ -101,3 +101,9 @@ def run_local(plan: RunPlan, nodes: list[dict] | None = None):
     set_task_identity()
     grid = LocalGrid(nodes if nodes is not None else node_configs(plan.spec.cfg.num_clients))
     return run_server(grid, plan)
+
+
+def newest_head(store, cid: int, before_round: int):
+    """The newest head a store holds from a round before `before_round`; None if none."""
+    found = store.load_version(cid, before_round)
+    return found[1] if found is not None else None
