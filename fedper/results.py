@@ -1,19 +1,27 @@
-"""A run's results as files: results.json (with its checksum), results.csv and results.png.
+"""A run's results: each round's entry from the clients' replies, and the files that show them.
 
-All three are views of one dict (the run's header and one entry per committed round), which
-the checkpoint also carries: `fedper.commit` writes them, and rewrites any of them that a
-kill left behind or ahead of the checkpoint.
+results.json (with its checksum), results.csv and results.png are views of one dict (the run's
+header and one entry per committed round), which the checkpoint also carries: `fedper.commit`
+writes them, and rewrites any of them that a kill left behind or ahead of the checkpoint.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import pandas as pd
 
+from fedper.errors import FedPerError
 from fedper.rundir import RESULTS_JSON, checked_json, read_checked_json
+from fedper.spec import RESTARTED_METRIC
+
+if TYPE_CHECKING:  # Flower is imported where messages are made; plots read results without it
+    from flwr.app import ArrayRecord, Message, MetricRecord
 
 # per-round columns of results.csv, in order
 CSV_COLUMNS = [
@@ -103,3 +111,151 @@ def load_results(run_dir: str | Path) -> dict:
         Path(run_dir) / RESULTS_JSON,
         "start the run again with the same command: fedper rebuilds it from checkpoint.pt",
     )
+
+
+# ---- one round's entry, from the clients' replies ----------------------------------------
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """Payload size of the arrays in a message (what travels, headers aside)."""
+    return sum(len(array.data) for array in record.values())
+
+
+def failure_reason(text: str) -> str:
+    """The client's own exception message out of the Ray/Flower traceback around it."""
+    marker = "Message: "
+    if marker in text:
+        text = text[text.rindex(marker) + len(marker) :]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "unknown error").rstrip("'>").strip()
+
+
+def client_metrics(replies: list[Message]) -> dict[int, dict]:
+    """cid -> the metrics a client reported, from the replies that succeeded, by client id."""
+    out = {}
+    for msg in replies:
+        if msg.has_error():
+            continue
+        metrics: MetricRecord = msg.content["metrics"]
+        out[int(metrics["cid"])] = {k: v for k, v in metrics.items() if k != "cid"}
+    return dict(sorted(out.items()))
+
+
+SUMMARY_KEYS = ("accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
+                "loss_weighted", "val_accuracy", "val_loss")  # fmt: skip
+
+
+def summarize_evaluation(per_client: dict[int, dict]) -> dict:
+    """The round's numbers: unweighted mean over clients (what the paper plots) and more.
+
+    Sums run over clients in client-id order (`per_client` is sorted), so the same
+    per-client numbers always give the same summary, to the last digit.
+    """
+    nan = float("nan")
+    if not per_client:
+        return dict.fromkeys(SUMMARY_KEYS, nan)
+    rows = [per_client[cid] for cid in sorted(per_client)]
+    acc = np.array([m["accuracy"] for m in rows])
+    loss = np.array([m["loss"] for m in rows])
+    counts = np.array([m["num-examples"] for m in rows], dtype=float)
+    val = [m for m in rows if m.get("num_val_examples", 0) > 0]
+    return {
+        "accuracy": float(acc.mean()),
+        "accuracy_weighted": float((acc * counts).sum() / counts.sum()),
+        "accuracy_std": float(acc.std()),
+        "accuracy_min": float(acc.min()),
+        "loss": float(loss.mean()),
+        "loss_weighted": float((loss * counts).sum() / counts.sum()),
+        "val_accuracy": float(np.mean([m["val_accuracy"] for m in val])) if val else nan,
+        "val_loss": float(np.mean([m["val_loss"] for m in val])) if val else nan,
+    }
+
+
+def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
+    """Seconds the clients spent per phase (data, state, compute), summed."""
+    totals: dict[str, float] = {}
+    for metrics in per_client.values():
+        for key, value in metrics.items():
+            if key.startswith("seconds_"):
+                phase = key.removeprefix("seconds_")
+                totals[phase] = totals.get(phase, 0.0) + float(value)
+    return totals
+
+
+class ClientOrder(Protocol):
+    """What a round's entry needs of the strategy: replies in client order, failures named."""
+
+    def in_client_order(self, replies: Iterable[Message]) -> list[Message]: ...
+
+    def failures(self, replies: list[Message], phase: str) -> list[dict]: ...
+
+
+def round_entry(
+    strategy: ClientOrder,
+    round_num: int,
+    train_replies: list[Message],
+    eval_replies: list[Message],
+    min_successful: int,
+) -> dict:
+    """One round of results.json from the replies; too few successes stop the run."""
+    failures = strategy.failures(train_replies, "train")
+    trained = client_metrics(train_replies)
+    check_enough(round_num, "train", len(trained), min_successful, failures)
+    failures += strategy.failures(eval_replies, "evaluate")
+    evaluated = client_metrics(eval_replies)
+    check_enough(round_num, "evaluate", len(evaluated), min_successful, failures)
+    examples = sum(m["num-examples"] for m in trained.values())
+    per_client = {}
+    for cid, m in evaluated.items():
+        per_client[str(cid)] = {
+            "accuracy": m["accuracy"],
+            "loss": m["loss"],
+            "num_examples": int(m["num-examples"]),
+            "val_accuracy": m.get("val_accuracy"),
+            "val_loss": m.get("val_loss"),
+            "num_val_examples": int(m.get("num_val_examples", 0)),
+            **({"train_loss": trained[cid]["train_loss"]} if cid in trained else {}),
+        }
+    return {
+        "round": round_num,
+        **summarize_evaluation(evaluated),
+        "train_loss": sum(m["train_loss"] * m["num-examples"] for m in trained.values())
+        / max(examples, 1),
+        "bytes_up": sum(
+            record_bytes(r.content["arrays"])
+            for r in strategy.in_client_order(train_replies)
+            if not r.has_error()
+        ),
+        "clients_expected": len(eval_replies),
+        "clients_ok": len(evaluated),
+        "clients_failed": len(failures),
+        "partial": bool(failures),
+        "trained_clients": sorted(trained),
+        **restarted_heads(trained, evaluated),
+        "per_client": per_client,
+        "failures": failures,
+        "timing": {
+            "train_clients": phase_seconds(trained),
+            "evaluate_clients": phase_seconds(evaluated),
+        },
+    }
+
+
+def restarted_heads(trained: dict[int, dict], evaluated: dict[int, dict]) -> dict:
+    """`restarted_heads`: clients that started over from their initial head this round because
+    theirs was lost (`restart_lost_heads`); absent when there are none."""
+    phases = (trained, evaluated)
+    restarted = sorted({cid for p in phases for cid, m in p.items() if m.get(RESTARTED_METRIC)})
+    return {"restarted_heads": restarted} if restarted else {}
+
+
+def check_enough(
+    round_num: int, phase: str, succeeded: int, min_successful: int, failures: list[dict]
+) -> None:
+    """A round goes on with the clients that succeeded, down to `min_successful_clients`."""
+    if succeeded < min_successful:
+        detail = "; ".join(f"client {f['cid']}: {f['reason']}" for f in failures[:3])
+        raise FedPerError(
+            f"round {round_num} {phase}: only {succeeded} client(s) succeeded, fewer than "
+            f"min_successful_clients={min_successful} ({detail})"
+        )

@@ -22,9 +22,10 @@ from fedper.algorithms import ALGORITHMS
 from fedper.commit import RoundCommit
 from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
 from fedper.models import build_model
+from fedper.results import client_metrics, record_bytes, round_entry
 from fedper.rundir import RunLock
 from fedper.spec import FATAL, SPEC_KEY, RunPlan
-from fedper.strategy import FedPerStrategy, client_metrics, record_bytes, round_entry
+from fedper.strategy import FedPerStrategy
 
 log = logging.getLogger("fedper")
 app = ServerApp()

@@ -1,4 +1,5 @@
-"""The server strategy on hand-made replies: sampling, ordered aggregation, failures."""
+"""The server strategy and each round's results entry on hand-made replies: sampling, ordered
+aggregation, failures."""
 
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ from flwr.app import (
 from helpers import set_task_identity
 
 from fedper.errors import FedPerError
-from fedper.strategy import (
-    FedPerStrategy,
-    client_metrics,
-    failure_reason,
-    round_entry,
-    summarize_evaluation,
-)
+from fedper.results import client_metrics, failure_reason, round_entry, summarize_evaluation
+from fedper.strategy import FedPerStrategy
 
 NODES = {0: 100, 1: 101, 2: 102, 3: 103}  # client id -> node id
 
