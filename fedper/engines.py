@@ -154,6 +154,8 @@ def simulate(plan: RunPlan) -> None:
     """Flower's Simulation Engine on Ray: the ServerApp in a thread, one actor per client slot."""
     quiet_frameworks()  # before Flower's imports, which log as they load
     quiet_ray_signals()  # before Flower imports Ray
+    # Flower's simulation (with Ray) and the apps (with Flower) load here, when a simulation
+    # starts: a bad override or a finished run is answered without them
     from flwr.simulation import run_simulation
 
     from fedper.client_app import app as client_app

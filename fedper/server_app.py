@@ -22,6 +22,7 @@ from fedper.algorithms import ALGORITHMS
 from fedper.commit import RoundCommit
 from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
 from fedper.models import build_model
+from fedper.planning import config_from_run_config, plan_run
 from fedper.results import client_metrics, record_bytes, round_entry
 from fedper.rundir import RunLock
 from fedper.spec import FATAL, SPEC_KEY, RunPlan
@@ -36,8 +37,6 @@ POLL_SECONDS = 0.02
 def main(grid: Grid, context: Context) -> None:
     """`flwr run`: the plan comes from the run config (python -m fedper.main, which holds the
     run directory) or, for a plain `flwr run`, is made here, holding the run directory."""
-    from fedper.experiment import config_from_run_config, plan_run
-
     console_logging()
     try:
         plan = RunPlan.from_run_config(context.run_config)

@@ -9,8 +9,8 @@ from helpers import make_config, newest_head, plan_local, run_local
 from fedper import client
 from fedper.algorithms import ALGORITHMS
 from fedper.client import NodePaths, worker_for
-from fedper.experiment import unused_settings
 from fedper.models import build_model
+from fedper.planning import unused_settings
 
 BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -18,7 +18,7 @@ from fedper.bench.deployment import (
 )
 from fedper.bench.sampling import psutil_module
 from fedper.bench.startup import import_chains, measure_cold_start, split
-from fedper.experiment import plan_run
+from fedper.planning import plan_run
 from fedper.validation import validate_config
 
 TINY = ["bench=deployment", "num_rounds=2", "bench.cold_starts=1"]

@@ -339,3 +339,23 @@ def test_a_head_file_restored_from_an_older_copy_stops_the_resume(tmp_path):
                        r"from round 1\): restore the node's state_dir, or resume with "
                        "restart_lost_heads=true"):  # fmt: skip
         resume(run_dir, ["num_rounds=3"])
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_start_checks_its_config_and_claims_its_directory_once(tmp_path, monkeypatch, resumed):
+    import fedper.experiment
+    import fedper.planning
+
+    calls = []
+    for module in (fedper.experiment, fedper.planning):
+        for name in ("validate_config", "claim_run_dir"):
+            real = getattr(fedper.planning if name == "claim_run_dir" else fedper.validation, name)
+            counted = lambda *a, _n=name, _f=real: calls.append(_n) or _f(*a)  # noqa: E731
+            monkeypatch.setattr(module, name, counted, raising=False)
+    if resumed:
+        start(tmp_path, ["num_rounds=1"])
+        calls.clear()
+        resume(tmp_path / "run", ["num_rounds=2"])
+    else:
+        start(tmp_path)
+    assert sorted(calls) == ["claim_run_dir", "validate_config"]

@@ -22,7 +22,8 @@ from fedper.bench.report import mean, round_cost, steady
 from fedper.bench.settings import BENCH_JSON, TARGETS, BenchSettings
 from fedper.bench.startup import measure_cold_start
 from fedper.errors import ConfigError
-from fedper.experiment import plan_run, run_experiment
+from fedper.experiment import run_experiment
+from fedper.planning import plan_run
 from fedper.validation import validate_config
 
 # where Flower waits between polls (functions whose `sleep(<seconds>)` calls are read)

@@ -18,7 +18,8 @@ from fedper.bench.resources import num_actors
 from fedper.bench.sampling import MemorySampler, driver_max_rss_bytes
 from fedper.bench.settings import BENCH_JSON, BenchSettings
 from fedper.errors import ConfigError
-from fedper.experiment import plan_run, run_experiment
+from fedper.experiment import run_experiment
+from fedper.planning import plan_run
 from fedper.validation import validate_config
 
 FEDERATED_DIR = "federated"

@@ -14,7 +14,7 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedper import client_app
-from fedper.experiment import plan_run
+from fedper.planning import plan_run
 from fedper.server_app import run_server
 from fedper.spec import RunPlan
 from helpers.config import make_config
