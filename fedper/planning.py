@@ -30,7 +30,7 @@ from fedper.device import client_device, describe, resolve_performance
 from fedper.errors import ConfigError
 from fedper.models import MODELS, SPLIT_KEYS, build_model
 from fedper.rundir import CONFIG_FILE, checked_json, read_checked_json, read_run_id, write_run_id
-from fedper.settings import is_setting, settings_only, with_current_names
+from fedper.settings import NOT_SETTING_SECTIONS, is_setting, settings_only, with_current_names
 from fedper.spec import RunPlan, derive_run_spec, new_run_id
 from fedper.tensor_files import tensors_digest
 from fedper.validation import validate_config
@@ -74,16 +74,15 @@ def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> 
         key = override.lstrip("+~").partition("=")[0]
         if key == "resume" or key.startswith(("hydra.", "hydra/")):
             continue
-        if not is_setting(key.replace("/", ".")):  # where it runs: the engine, devices, resources
-            group = key.replace("/", ".").split(".", 1)[0]
-            settings[group] = OmegaConf.to_container(cfg, resolve=True)[group]
+        if not is_setting(key.replace("/", ".")):  # where it runs, its folders, recovery
+            take_from(cfg, key.replace("/", "."), settings)
             continue
         if key != "num_rounds":
             raise ConfigError(
                 f"resume={run_dir} continues a run with its own settings, and {override} would "
                 "change them: only num_rounds may be raised (and where it runs: engine, "
-                "devices, client_resources, performance; and restart_lost_heads); start a new "
-                "run for other settings"
+                "devices, client_resources, performance, data_dir, state_dir; and "
+                "restart_lost_heads); start a new run for other settings"
             )
         rounds = cfg.num_rounds
         if isinstance(rounds, int) and not isinstance(rounds, bool):
@@ -94,6 +93,16 @@ def resumed_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> 
                 )
         settings["num_rounds"] = rounds  # checked with the rest by validate_config
     return OmegaConf.create(settings)
+
+
+def take_from(cfg: DictConfig, key: str, settings: dict) -> None:
+    """Put the value that `cfg` gives a key that is not a setting into stored `settings`: a
+    whole section (`engine=ray` or `engine.address=...` choose the engine anew), else one key."""
+    section, _, rest = key.partition(".")
+    if section in NOT_SETTING_SECTIONS or not rest:
+        settings[section] = OmegaConf.to_container(cfg, resolve=True)[section]
+    else:
+        settings.setdefault(section, {})[rest] = OmegaConf.select(cfg, key)
 
 
 def claim_run_dir(cfg: DictConfig, run_dir: Path) -> None:

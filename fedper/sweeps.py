@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fedper.errors import FedPerError
+from fedper.settings import not_setting_overrides  # noqa: F401  (registers fedper.not_settings)
 
 log = logging.getLogger(__name__)
 SLOTS_DIR = ".slots"  # in the sweep folder: one lock file per parallel job slot

@@ -19,7 +19,7 @@ from fedper.commit import RoundCommit
 from fedper.errors import ConfigError, FedPerError, Interrupted, StateFileError
 from fedper.experiment import run_experiment
 from fedper.results import PARTIAL_LABEL, load_results, results_figure
-from fedper.rundir import RunDirError, RunLock
+from fedper.rundir import RunDirError, RunLock, checked_json
 
 TIMING = ("seconds", "timing")
 
@@ -182,8 +182,8 @@ def test_resume_refuses_any_override_but_a_higher_num_rounds(finished):
     assert str(error.value) == (
         f"resume={run_dir} continues a run with its own settings, and learning_rate=0.5 would "
         "change them: only num_rounds may be raised (and where it runs: engine, devices, "
-        "client_resources, performance; and restart_lost_heads); start a new run for other "
-        "settings"
+        "client_resources, performance, data_dir, state_dir; and restart_lost_heads); start a "
+        "new run for other settings"
     )
     with pytest.raises(ConfigError) as error:
         resume(run_dir, ["num_rounds=1"], engine=no_engine)
@@ -359,3 +359,21 @@ def test_a_start_checks_its_config_and_claims_its_directory_once(tmp_path, monke
     else:
         start(tmp_path)
     assert sorted(calls) == ["claim_run_dir", "validate_config"]
+
+
+def test_a_run_folder_is_the_same_run_wherever_its_data_and_heads_live(tmp_path):
+    """A fresh clone or another machine has other absolute folders: same run, not refused."""
+    start(tmp_path, ["num_rounds=1"])
+    shutil.copytree(tmp_path / "datasets", tmp_path / "elsewhere")
+    moved = [f"data_dir={tmp_path / 'elsewhere'}", "num_rounds=1"]
+    assert start(tmp_path, moved, engine=no_engine)["rounds"]  # finished: returns at once
+
+
+def test_a_run_folder_written_with_a_debug_section_is_still_the_same_run(finished):
+    run_dir = copy_of(finished, "debug")
+    stored = json.loads((run_dir / "run_config.json").read_text())
+    body = stored["config"]
+    body["debug"] = body.pop("faults")
+    (run_dir / "run_config.json").write_text(checked_json({"config": body}))
+    assert resume(run_dir, engine=no_engine)["rounds"]
+    assert start(run_dir.parent, run="debug", engine=no_engine)["rounds"]

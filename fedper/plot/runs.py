@@ -22,11 +22,9 @@ from fedper.settings import is_setting, with_current_names
 
 log = logging.getLogger("fedper.plot")
 
-# Runs that differ only in keys that are not a setting (fedper.settings), their seed and their
-# folders are repeats of one setting.
-IGNORED_KEYS = frozenset(
-    {"seed", "dataset.seed", "data_dir", "state_dir", "dataset.download", "resume"}
-)
+# Runs that differ only in their seeds and in keys that are not a setting (fedper.settings)
+# are repeats of one setting.
+SEED_KEYS = frozenset({"seed", "dataset.seed"})
 # Columns of the long runs table that are bookkeeping, not part of a setting.
 RUN_COLUMNS = (
     "run", "run_id", "setting", "seed", "round", "accuracy", "accuracy_weighted",
@@ -90,7 +88,7 @@ def setting_from_config(config: dict) -> dict[str, object]:
     return {
         key: value
         for key, value in flatten(with_current_names(config)).items()
-        if key not in IGNORED_KEYS and is_setting(key) and not is_machine_path(value)
+        if key not in SEED_KEYS and is_setting(key) and not is_machine_path(value)
     }
 
 
