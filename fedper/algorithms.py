@@ -3,13 +3,17 @@
 The model's base/head split decides what can be shared; an algorithm picks which parts leave
 the client (and are averaged by the server) and whether its BatchNorm layers stay behind.
 Everything a client does not share is personal: it stays in the client's head store.
+`ALGORITHMS.add(Algorithm(...))` registers another (docs/extending.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import DictConfig
+
 from fedper.models.split import PARTS, ModelSplit
+from fedper.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,10 @@ class Algorithm:
     finetune_head: bool = False  # fine-tune the head before evaluating, without keeping it
     local_batchnorm: bool = False  # every BatchNorm layer (affine and statistics) stays local
     head_then_base: bool = False  # FedRep: head epochs with the base frozen, then the base
-    paper: str = ""  # where it comes from
+
+    def check(self, cfg: DictConfig) -> None:
+        """The settings only this algorithm reads (none for the built-in ones: the keys they
+        read, finetune_epochs and fedrep.head_epochs, are in every config and checked there)."""
 
     @property
     def personal_parts(self) -> tuple[str, ...]:
@@ -48,22 +55,22 @@ class Algorithm:
         return [key for key in model.state_dict() if key not in shared]
 
 
-# In display order: figures and tables list the algorithms as this table does.
-ALGORITHMS = {
-    a.name: a
-    for a in (
-        Algorithm("fedper", ("base",), label="FedPer", style="-",
-                  paper="Arivazhagan et al. 2019, arXiv:1912.00818"),
-        Algorithm("fedavg", ("base", "head"), label="FedAvg", style="--",
-                  paper="McMahan et al. 2017, arXiv:1602.05629"),
-        Algorithm("fedavg_ft", ("base", "head"), label="FedAvg+FT", style="-.",
-                  finetune_head=True),
-        Algorithm("local", (), label="Local", style=":"),
-        Algorithm("fedrep", ("base",), label="FedRep", style=(0, (5, 1)),
-                  head_then_base=True, paper="Collins et al. 2021, arXiv:2102.07078"),
-        Algorithm("lg_fedavg", ("head",), label="LG-FedAvg", style=(0, (3, 1, 1, 1, 1, 1)),
-                  paper="Liang et al. 2020, arXiv:2001.01523"),
-        Algorithm("fedbn", ("base", "head"), label="FedBN", style=(0, (1, 1)),
-                  local_batchnorm=True, paper="Li et al. 2021, arXiv:2102.07623"),
-    )
-}  # fmt: skip
+# In display order: figures and tables list the algorithms in the order they were added.
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+# Arivazhagan et al. 2019, arXiv:1912.00818
+ALGORITHMS.add(Algorithm("fedper", ("base",), label="FedPer", style="-"))
+# McMahan et al. 2017, arXiv:1602.05629
+ALGORITHMS.add(Algorithm("fedavg", ("base", "head"), label="FedAvg", style="--"))
+ALGORITHMS.add(
+    Algorithm("fedavg_ft", ("base", "head"), label="FedAvg+FT", style="-.", finetune_head=True)
+)
+ALGORITHMS.add(Algorithm("local", (), label="Local", style=":"))
+# Collins et al. 2021, arXiv:2102.07078
+ALGORITHMS.add(
+    Algorithm("fedrep", ("base",), label="FedRep", style=(0, (5, 1)), head_then_base=True)
+)
+# Liang et al. 2020, arXiv:2001.01523
+ALGORITHMS.add(Algorithm("lg_fedavg", ("head",), label="LG-FedAvg", style=(0, (3, 1, 1, 1, 1, 1))))
+# Li et al. 2021, arXiv:2102.07623
+ALGORITHMS.add(Algorithm("fedbn", ("base", "head"), label="FedBN", style=(0, (1, 1)),
+                         local_batchnorm=True))  # fmt: skip

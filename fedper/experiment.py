@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from fedper.checkpoint import load_checkpoint
 from fedper.commit import RoundCommit, committed_round
 from fedper.device import describe_line
-from fedper.engines import run_on_engine
+from fedper.engines import check_engine, run_on_engine
 from fedper.errors import ConfigError, Interrupted
 from fedper.interrupts import signals_interrupt
 from fedper.planning import (
@@ -52,14 +52,14 @@ def run_experiment(
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"resume={run_dir} holds no fedper run ({CONFIG_FILE} is missing)")
     if not resume:
-        validate_config(cfg)  # before anything is written; a resumed config once it is read
+        check_start(cfg)  # before anything is written; a resumed config once it is read
     check_owned(run_dir)
     with signals_interrupt(), RunLock(run_dir):
         try:
             sweep_temporaries(run_dir)
             if resume:
                 cfg = resumed_config(run_dir, cfg, overrides)
-                validate_config(cfg)
+                check_start(cfg)
                 if saved_settings(run_dir)["num_rounds"] != cfg.num_rounds:
                     save_settings(run_dir, settings_of(cfg))
             claim_run_dir(cfg, run_dir)
@@ -80,6 +80,13 @@ def run_experiment(
     results = load_results(run_dir)
     log_final(results, run_dir)
     return results
+
+
+def check_start(cfg: DictConfig) -> None:
+    """The whole config, once per start: the generic checks and the chosen entries' (the
+    algorithm's, model's, dataset's and partition's in validation; the engine's here)."""
+    validate_config(cfg)
+    check_engine(cfg)
 
 
 def finished(cfg: DictConfig, run_dir: Path) -> bool:

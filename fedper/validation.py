@@ -3,92 +3,31 @@ what would work: known keys only, types (a bool is not a number), ranges, folder
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fedper import CONF_DIR
 from fedper.algorithms import ALGORITHMS
-from fedper.errors import ConfigError
+from fedper.checks import (
+    check,
+    check_bool,
+    check_choice,
+    check_folder,
+    check_number,
+    check_range,
+    check_whole,
+    is_number,
+    show,
+)
+from fedper.data import DATASETS, check_dataset_settings
+from fedper.device import check_performance, resolve_device, resolve_num_gpus
+from fedper.models import MODELS
 
 # sections a tool adds to its own preset and checks itself (fedper.bench: conf/bench.yaml)
 TOOL_SECTIONS = ("bench",)
-ENGINE_ADDRESS_KEYS = {"simulation": None, "ray": "address", "deployment": "superlink"}
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def show(value) -> str:
-    """A value as it is typed on the command line (YAML): true, null, 0.5."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, ListConfig):
-        return str(list(value))
-    return str(value)
-
-
-def is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_range(key: str, value, low: int, high: int, context: str = "") -> None:
-    """A whole number in low..high, or an error naming the key, the value and the range."""
-    check(
-        is_whole(value) and low <= value <= high,
-        f"{key}={show(value)} is out of range{context}: use {low}-{high}",
-    )
-
-
-def check_whole(key: str, value, low: int) -> None:
-    what = "not a whole number" if not is_whole(value) else "out of range"
-    check(is_whole(value) and value >= low, f"{key}={show(value)} is {what}: use a whole number >= {low}")  # fmt: skip
-
-
-def check_number(key: str, value, low: float, high: float | None = None, low_open=False) -> None:
-    """A finite number (not a bool) in [low, high) or [low, inf); (low, ...) with low_open."""
-    lower = f"> {low}" if low_open else f">= {low}"
-    use = f"a number {lower}" if high is None else f"a number in {'(' if low_open else '['}{low}, {high})"  # fmt: skip
-    if not is_number(value):
-        raise ConfigError(f"{key}={show(value)} is not a number: use {use}")
-    inside = (value > low if low_open else value >= low) and (high is None or value < high)
-    check(inside, f"{key}={show(value)} is out of range: use {use}")
-
-
-def check_bool(key: str, value) -> None:
-    check(isinstance(value, bool), f"{key}={show(value)} is not true or false: use true or false")
-
-
-def check_choice(key: str, value, choices) -> None:
-    check(value in choices, f"{key}={show(value)} is unknown: use one of {', '.join(map(show, choices))}")  # fmt: skip
-
-
-def check_folder(key: str, value, must_create: bool = True) -> None:
-    """A folder that exists or can be created here; naming a file is refused."""
-    check(isinstance(value, str) and value.strip() != "", f"{key}={show(value)} is not a folder path: use a path")  # fmt: skip
-    path = Path(value).expanduser()
-    if path.exists():
-        check(path.is_dir(), f"{key}={value} is a file, not a folder: name a folder (created if missing)")  # fmt: skip
-        return
-    if not must_create:
-        return
-    parent = next(p for p in path.absolute().parents if p.exists())
-    check(
-        parent.is_dir() and os.access(parent, os.W_OK | os.X_OK),
-        f"{key}={value} cannot be created ({parent} is {'not writable' if parent.is_dir() else 'a file'}): "
-        "name a folder you can write",
-    )  # fmt: skip
 
 
 @lru_cache(maxsize=32)
@@ -144,17 +83,12 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Every mistake a user can make in an override, caught before any data or Ray work."""
-    from fedper.data import DATASETS
-    from fedper.device import check_performance, resolve_device, resolve_num_gpus
-    from fedper.models import MODELS
-
+    """Every mistake a user can make in an override, caught before any data or Ray work: the
+    generic checks here, the chosen algorithm's, model's, dataset's and partition's in their
+    registry entries (the engine's: fedper.engines, where the engines are)."""
     check_choice("algorithm", cfg.algorithm, list(ALGORITHMS))
     check_choice("model_name", cfg.model_name, list(MODELS))
-    check(
-        cfg.dataset.name in DATASETS,
-        f"dataset={cfg.dataset.name} is unknown: use one of {', '.join(sorted(DATASETS))}",
-    )
+    check_choice("dataset", cfg.dataset.name, list(DATASETS))
     check_known_keys(cfg)
     check_whole("seed", cfg.seed, 0)
     for key in ("num_clients", "num_rounds", "num_epochs", "batch_size", "clients_per_round"):
@@ -168,8 +102,8 @@ def validate_config(cfg: DictConfig) -> None:
                 f" for num_clients={cfg.num_clients}")  # fmt: skip
     check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
                 f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
-    check_range("model.num_head_layers", cfg.model.num_head_layers, 1,
-                MODELS[cfg.model_name].max_head_layers, f" for model_name={cfg.model_name}")  # fmt: skip
+    ALGORITHMS[cfg.algorithm].check(cfg)
+    MODELS[cfg.model_name].check(cfg)
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))
@@ -186,12 +120,14 @@ def validate_config(cfg: DictConfig) -> None:
     resolve_num_gpus(cfg.client_resources.num_gpus)
     validate_engine(cfg)
     check_folder("data_dir", cfg.data_dir)
-    # deployment clients keep heads in their SuperNode's own state-dir, not necessarily here
-    check_folder("state_dir", cfg.state_dir, must_create=cfg.engine.name != "deployment")
+    # not created here: where heads live is the engine's to say (a SuperNode has its own)
+    check_folder("state_dir", cfg.state_dir, must_create=False)
     resume = cfg.get("resume")
     check(resume is None or isinstance(resume, str), f"resume={show(resume)} is not a run directory: use resume=<dir>")  # fmt: skip
     validate_faults(cfg)
-    check_data_settings(cfg)
+    # the dataset's and the partition's own keys (their registry entries), before any data
+    # is read; whether the data can feed `num_clients` is checked by `prepare_dataset`
+    check_dataset_settings(cfg)
 
 
 def validate_dataset(cfg: DictConfig) -> None:
@@ -231,49 +167,12 @@ def validate_faults(cfg: DictConfig) -> None:
 
 
 def validate_engine(cfg: DictConfig) -> None:
-    """The engine group: a known name, the address it needs, sensible timeouts."""
+    """What every engine has: timeouts (each engine checks its own keys, fedper.engines)."""
     engine = cfg.get("engine")
-    check(
-        engine is not None and engine.get("name") in ENGINE_ADDRESS_KEYS,
-        f"engine={None if engine is None else engine.get('name')} is unknown: use one of "
-        f"{', '.join(ENGINE_ADDRESS_KEYS)}",
-    )
-    key = ENGINE_ADDRESS_KEYS[engine.name]
-    if key is not None:
-        value = None if OmegaConf.is_missing(engine, key) else engine.get(key)
-        check(
-            isinstance(value, str) and value.rpartition(":")[2].isdigit(),
-            f"engine={engine.name} needs engine.{key}=<host:port>"
-            + (" of the Ray cluster's head node" if engine.name == "ray" else " of the SuperLink")
-            + (f", not {value}" if value is not None else ""),
-        )
+    check(engine is not None and engine.get("name") is not None, "engine is not set: use engine=simulation")  # fmt: skip
     for name in ("connect_timeout", "reply_timeout"):
         value = engine.get(name)
         check(
             is_number(value) and value > 0,
             f"engine.{name}={show(value)} is out of range: use a number of seconds > 0",
         )
-    cpus = engine.get("num_cpus")
-    check(
-        cpus is None or (is_whole(cpus) and cpus > 0),
-        f"engine.num_cpus={show(cpus)} is out of range: use null (all CPUs) or a whole number > 0",
-    )
-    for name in ("ship_code", "insecure"):
-        if name in engine:
-            check_bool(f"engine.{name}", engine[name])
-    certificates = engine.get("root_certificates")
-    if certificates is not None:
-        check(
-            isinstance(certificates, str) and Path(certificates).expanduser().is_file(),
-            f"engine.root_certificates={show(certificates)} is not a file: name the CA "
-            "certificate (PEM) that signed the SuperLink's, or null",
-        )
-
-
-def check_data_settings(cfg: DictConfig) -> None:
-    """The dataset's own keys (mean/std one per channel, partition settings), checked by the data
-    layer before any data is read. Whether the data can feed `num_clients` is checked by
-    `prepare_dataset` (fedper.data's check_capacity), still before any engine starts."""
-    from fedper.data import check_dataset_settings
-
-    check_dataset_settings(cfg)

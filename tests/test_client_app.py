@@ -12,7 +12,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers import LocalGrid, newest_head, node_configs, plan_local, run_local
 
-from fedper import client, client_app, engines, server_app
+from fedper import client, client_app, server_app
+from fedper.engines import simulation
 from fedper.errors import FedPerError, Interrupted
 from fedper.heads import DiskHeadStore
 from fedper.models import build_model
@@ -304,7 +305,7 @@ def test_an_engine_that_fails_stops_the_server_loop_and_says_why(tmp_path, monke
 
     monkeypatch.setattr(flwr.simulation, "run_simulation", failing_simulation)
     monkeypatch.setattr(server_app, "server_app_for", recording_server_app)
-    monkeypatch.setattr(engines, "ray_for", lambda plan: contextlib.nullcontext())
+    monkeypatch.setattr(simulation, "ray_for", lambda plan: contextlib.nullcontext())
     with pytest.raises(FedPerError, match="engine stopped: RuntimeError: no actor could be placed"):
-        engines.simulate(plan_local(tmp_path))
+        simulation.simulate(plan_local(tmp_path))
     assert seen["stop"].is_set()

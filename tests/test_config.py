@@ -6,6 +6,7 @@ import pytest
 from helpers import TINY, make_config, run_main
 
 from fedper.errors import ConfigError
+from fedper.experiment import check_start
 from fedper.validation import validate_config
 
 
@@ -82,7 +83,7 @@ def test_a_folder_that_cannot_be_created_is_refused(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     with pytest.raises(ConfigError, match=f"state_dir={locked}/s cannot be created .*not writable"):
-        validate_config(make_config([f"state_dir={locked}/s"]))
+        check_start(make_config([f"state_dir={locked}/s"]))
 
 
 def test_resnet_head_range_is_its_own():
@@ -156,3 +157,21 @@ def test_missing_dataset_is_one_line_naming_the_offline_option(tmp_path):
     result = run_main(tmp_path, [*TINY, "dataset.download=false"], tmp_path / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "dataset=digits" in result.stderr and "cifar10 not found" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["engine=ray"], "engine=ray needs engine.address=<host:port> of the Ray cluster's head node"),
+        (["engine=deployment", "engine.superlink=nowhere"],
+         "engine=deployment needs engine.superlink=<host:port> of the SuperLink, not nowhere"),
+        (["engine.num_cpus=0"],
+         "engine.num_cpus=0 is out of range: use null (all CPUs) or a whole number > 0"),
+        (["engine.name=warp"], "engine=warp is unknown: use one of simulation, ray, deployment"),
+    ],
+)  # fmt: skip
+def test_each_engine_checks_its_own_keys_once_per_start(overrides, message):
+    validate_config(make_config(overrides))  # the generic checks leave them to the engine
+    with pytest.raises(ConfigError) as error:
+        check_start(make_config(overrides))
+    assert str(error.value) == message

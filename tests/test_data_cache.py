@@ -16,7 +16,6 @@ from helpers import ROOT, make_config
 
 from fedper.atomic import write_file_atomic as write_atomic
 from fedper.data import (
-    DATASET_LABELS,
     DATASETS,
     CacheError,
     FederatedDataset,
@@ -284,7 +283,7 @@ def test_every_module_imports_on_its_own(module):
 def test_registry_has_every_dataset_with_a_label():
     assert (
         set(DATASETS)
-        == set(DATASET_LABELS)
+        == {name for name, dataset in DATASETS.items() if dataset.label}
         == {"cifar10", "cifar100", "flickr", "digits", "synthetic"}
     )
-    assert DATASET_LABELS["cifar10"] == "CIFAR-10" and DATASET_LABELS["flickr"] == "FLICKR-AES"
+    assert DATASETS["cifar10"].label == "CIFAR-10" and DATASETS["flickr"].label == "FLICKR-AES"

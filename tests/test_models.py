@@ -62,9 +62,9 @@ def test_head_layers_out_of_range_are_refused(heads):
         MobileNetV1(10, heads)
 
 
-def test_load_parts_round_trip_and_refuses_misfits():
+def test_load_keys_round_trip_and_refuses_misfits():
     a, b = small(MobileNetV1, 2), small(MobileNetV1, 2)
-    b.load_parts(a.part_state(("head",)), ("head",))
+    b.load_keys(a.part_state(("head",)), b.part_keys(("head",)))
     for key, value in a.part_state(("head",)).items():
         assert torch.equal(b.state_dict()[key], value)
     assert not all(
@@ -72,9 +72,9 @@ def test_load_parts_round_trip_and_refuses_misfits():
     )
     wrong = small(MobileNetV1, 2, classes=3).part_state(("head",))
     with pytest.raises(ValueError, match="shape"):
-        b.load_parts(wrong, ("head",))
+        b.load_keys(wrong, b.part_keys(("head",)))
     with pytest.raises(ValueError, match="missing"):
-        b.load_parts(a.part_state(("base",)), ("head",))
+        b.load_keys(a.part_state(("base",)), b.part_keys(("head",)))
 
 
 def test_a_last_batch_of_one_joins_the_previous_batch():

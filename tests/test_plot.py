@@ -17,6 +17,7 @@ from PIL import Image
 from fedper.algorithms import ALGORITHMS
 from fedper.plot import accuracy_curves, build_figures, load_runs, plot_runs, summary_table
 from fedper.plot.figures import PARTIAL_LABEL, PARTIAL_MARKER
+from fedper.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,9 +160,10 @@ def test_labels_styles_and_order_come_from_the_registries(
     sweep: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     renamed = dataclasses.replace(ALGORITHMS["fedavg"], label="Averaged", style=":")
-    monkeypatch.setitem(ALGORITHMS, "fedavg", renamed)
-    # FedAvg first in the registry: first in tables and legends
-    monkeypatch.setattr("fedper.plot.display.ALGORITHMS", {"fedavg": renamed, **ALGORITHMS})
+    reordered = Registry("algorithm")  # FedAvg first in the registry: first in tables, legends
+    for algorithm in (renamed, *(a for a in ALGORITHMS.values() if a.name != "fedavg")):
+        reordered.add(algorithm)
+    monkeypatch.setattr("fedper.plot.display.ALGORITHMS", reordered)
     runs = load_runs([sweep])
     assert list(summary_table(runs)["algorithm"]) == ["fedavg", "fedper"]
     [(_, fig)] = build_figures(runs)

@@ -1,11 +1,12 @@
-"""The data settings, checked before any data is read, and the partition's capacity after."""
+"""The data settings every dataset has, checked before any data is read, and the partition's
+capacity after."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from fedper.data.federated_dataset import FederatedDataset
-from fedper.data.partition import PartitionSettings, is_number
+from fedper.data.partition import is_number
 from fedper.errors import ConfigError
 
 CHANNELS = 3
@@ -14,19 +15,6 @@ CHANNELS = 3
 # batch_size is fine: such a client trains on one shorter batch per epoch.
 MIN_TRAIN_EXAMPLES = 2
 MIN_TEST_EXAMPLES = 1
-
-
-def check_dataset_settings(cfg: DictConfig) -> PartitionSettings:
-    """One-line ConfigErrors for the dataset and partition keys; returns the partition settings."""
-    ds = cfg.dataset
-    check_normalization(ds)
-    settings = PartitionSettings.from_config(cfg)
-    if ds.name == "flickr" and settings.scheme != "pathological":
-        raise ConfigError(
-            f"partition={settings.scheme} does not apply to dataset=flickr, whose clients are "
-            "its raters: use partition=pathological (the paper's split)"
-        )
-    return settings
 
 
 def check_normalization(ds: DictConfig) -> None:

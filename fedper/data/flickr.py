@@ -202,6 +202,16 @@ def leak_counts(clients: list[ClientSplit]) -> list[dict[str, int]]:
     ]
 
 
+def check_flickr(cfg: DictConfig) -> None:
+    """FLICKR-AES's clients are its raters: only the paper's split applies."""
+    scheme = (cfg.get("partition") or {}).get("name", "pathological")
+    if scheme != "pathological":
+        raise ConfigError(
+            f"partition={scheme} does not apply to dataset=flickr, whose clients are "
+            "its raters: use partition=pathological (the paper's split)"
+        )
+
+
 def build_flickr(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
     """Clients = a seeded draw of eligible workers; labels = their own scores; one photo pool."""
     ds = cfg.dataset

@@ -7,6 +7,7 @@ Every scheme feeds the same per-client split: test first, then validation from t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +15,10 @@ from omegaconf import DictConfig
 
 from fedper.data.split import split_train_test, validation_masks
 from fedper.errors import ConfigError
+from fedper.registry import Registry
 
-PARTITIONERS = ("pathological", "dirichlet", "iid")
+# each client's rows, the classes it holds, and the generator the train/test split continues with
+Shares = tuple[list[np.ndarray], list[list[int]], np.random.Generator]
 
 
 @dataclass(frozen=True)
@@ -37,20 +40,10 @@ class PartitionSettings:
         """The settings of `cfg`, or a one-line ConfigError naming the key that is wrong."""
         part, ds = cfg.get("partition") or {}, cfg.dataset
         scheme = part.get("name", "pathological")
-        if scheme not in PARTITIONERS:
-            raise ConfigError(
-                f"partition={scheme} is unknown: use one of {', '.join(PARTITIONERS)}"
-            )
-        alpha = min_size = None
-        if scheme == "dirichlet":
-            alpha, min_size = part.get("alpha"), part.get("min_size")
-            if not (is_number(alpha) and alpha > 0):
-                raise ConfigError(
-                    f"partition.alpha={alpha} must be a number > 0 (0.1 = strong label skew, "
-                    "100 = close to IID)"
-                )
-            if not (isinstance(min_size, int) and not isinstance(min_size, bool) and min_size >= 0):
-                raise ConfigError(f"partition.min_size={min_size} must be a whole number >= 0")
+        PARTITIONS.pick(scheme).check(cfg)
+        alpha, min_size = (
+            (part.get("alpha"), part.get("min_size")) if scheme == "dirichlet" else (None, None)
+        )
         # configs written before validation existed (e.g. a resumed run) mean the two-way split
         val_fraction = ds.get("val_fraction", 0.0)
         if not (is_number(val_fraction) and 0 <= val_fraction < 1):
@@ -197,12 +190,7 @@ def partition_labels(labels: np.ndarray, settings: PartitionSettings) -> list[di
     and test are exactly the paper's train and test for the same seed.
     """
     labels = np.asarray(labels)
-    if settings.scheme == "pathological":
-        shares, classes, rng = pathological_shares(labels, settings)
-    else:
-        make = dirichlet_shares if settings.scheme == "dirichlet" else iid_shares
-        shares, rng = make(labels, settings), np.random.default_rng([settings.seed, 1])
-        classes = [np.unique(labels[share]).tolist() for share in shares]
+    shares, classes, rng = PARTITIONS[settings.scheme].divide(labels, settings)
     splits = [split_train_test(s, labels[s], settings.train_fraction, rng) for s in shares]
     trains = [train for train, _ in splits]
     held = validation_masks(
@@ -220,3 +208,49 @@ def partition_labels(labels: np.ndarray, settings: PartitionSettings) -> list[di
         }
         for drawn, (train, test), val in zip(classes, splits, held, strict=True)
     ]
+
+
+def classes_held(
+    shares: Callable[[np.ndarray, PartitionSettings], list[np.ndarray]],
+) -> Callable[[np.ndarray, PartitionSettings], Shares]:
+    """A scheme that only divides rows, with the classes each client ended up holding and the
+    generator the train/test split continues with."""
+
+    def divide(labels: np.ndarray, settings: PartitionSettings) -> Shares:
+        rows = shares(labels, settings)
+        classes = [np.unique(labels[share]).tolist() for share in rows]
+        return rows, classes, np.random.default_rng([settings.seed, 1])
+
+    return divide
+
+
+def check_dirichlet(cfg: DictConfig) -> None:
+    """`partition.alpha` > 0 and `partition.min_size` a whole number >= 0."""
+    alpha, min_size = cfg.partition.get("alpha"), cfg.partition.get("min_size")
+    if not (is_number(alpha) and alpha > 0):
+        raise ConfigError(
+            f"partition.alpha={alpha} must be a number > 0 (0.1 = strong label skew, "
+            "100 = close to IID)"
+        )
+    if not (isinstance(min_size, int) and not isinstance(min_size, bool) and min_size >= 0):
+        raise ConfigError(f"partition.min_size={min_size} must be a whole number >= 0")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A way to divide a pool's rows among clients, picked by `partition=<name>`."""
+
+    name: str
+    label: str  # display name in figures and tables
+    divide: Callable[[np.ndarray, PartitionSettings], Shares]
+    checks: Callable[[DictConfig], None] | None = None  # its own `partition.*` keys
+
+    def check(self, cfg: DictConfig) -> None:
+        if self.checks is not None:
+            self.checks(cfg)
+
+
+PARTITIONS: Registry[Partition] = Registry("partition")
+PARTITIONS.add(Partition("pathological", "pathological (k classes each)", pathological_shares))
+PARTITIONS.add(Partition("dirichlet", "Dirichlet", classes_held(dirichlet_shares), check_dirichlet))
+PARTITIONS.add(Partition("iid", "IID", classes_held(iid_shares)))

@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from fedper.models import mobilenet, resnet  # noqa: F401  (each registers its model)
-from fedper.models.registry import MODELS, register_model
+from fedper.models.registry import MODELS
 from fedper.models.split import ModelSplit
 
 # `model.*` keys that say how the network is split and shared, not how it is built: the rest
@@ -25,4 +25,4 @@ def build_model(cfg: DictConfig, seed: int | None = None) -> ModelSplit:
         )
 
 
-__all__ = ["MODELS", "SPLIT_KEYS", "ModelSplit", "build_model", "register_model"]
+__all__ = ["MODELS", "SPLIT_KEYS", "ModelSplit", "build_model"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedper.models.registry import register_model
+from fedper.models.registry import MODELS
 from fedper.models.split import ModelSplit
 
 # (output channels, stride) of the 13 depthwise-separable blocks after the stem
@@ -31,7 +31,7 @@ def depthwise_separable(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
-@register_model
+@MODELS.add
 class MobileNetV1(ModelSplit):
     """Head = classifier (1), plus the last 1, 2 or 3 depthwise-separable blocks (2-4).
 

@@ -1,13 +1,11 @@
-"""Model registry: `model_name=<name>` picks a ModelSplit subclass registered here."""
+"""Model registry: `model_name=<name>` picks a ModelSplit subclass registered here.
+
+`@MODELS.add` on a ModelSplit subclass registers it under its `name` (docs/extending.md).
+"""
 
 from __future__ import annotations
 
 from fedper.models.split import ModelSplit
+from fedper.registry import Registry
 
-MODELS: dict[str, type[ModelSplit]] = {}
-
-
-def register_model(cls: type[ModelSplit]) -> type[ModelSplit]:
-    """Class decorator: make a ModelSplit subclass available as `model_name=<cls.name>`."""
-    MODELS[cls.name] = cls
-    return cls
+MODELS: Registry[type[ModelSplit]] = Registry("model_name")

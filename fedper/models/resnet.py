@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedper.models.registry import register_model
+from fedper.models.registry import MODELS
 from fedper.models.split import ModelSplit
 
 
-@register_model
+@MODELS.add
 class ResNet34(ModelSplit):
     """Head = classifier (1), plus the last one or two BasicBlocks of layer4 (2-3).
 

@@ -2,7 +2,8 @@
 
 A model is a `ModelSplit`: `base` (the first layers, shared by FedPer) followed by `head`
 (the last `num_head_layers` layers, personal). Everything else, what a client sends, what the
-server averages, what is saved on disk, asks the split through `part_state` and `load_parts`.
+server averages, what is saved on disk, asks the split through `part_keys`, `state_of` and
+`load_keys`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
+
+from fedper.checks import check_range
 
 PARTS = ("base", "head")
 
@@ -19,12 +23,19 @@ PARTS = ("base", "head")
 class ModelSplit(nn.Module):
     """A network cut into a shared base and a personal head.
 
-    Subclasses set `max_head_layers` and implement `build(num_classes, num_head_layers,
-    **options)` returning the two modules; that is all a new model needs.
+    Subclasses set `name`, `label` and `max_head_layers` and implement `build(num_classes,
+    num_head_layers, **options)` returning the two modules; that is all a new model needs.
     """
 
     name: str = ""
+    label: str = ""  # display name in figures and tables
     max_head_layers: int = 1
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        """The settings that depend on the model: how many head layers it can have."""
+        check_range("model.num_head_layers", cfg.model.num_head_layers, 1, cls.max_head_layers,
+                    f" for model_name={cls.name}")  # fmt: skip
 
     def __init__(self, num_classes: int, num_head_layers: int, **options) -> None:
         super().__init__()
@@ -88,12 +99,6 @@ class ModelSplit(nn.Module):
                         f"{key}: shape {tuple(tensor.shape)} does not fit {tuple(expected[key].shape)}"
                     )
                 expected[key].copy_(tensor)
-
-    def load_parts(
-        self, state: dict[str, torch.Tensor | np.ndarray], parts: tuple[str, ...]
-    ) -> None:
-        """Load exactly the named parts' keys."""
-        self.load_keys(state, self.part_keys(parts))
 
     def freeze(self, part: str) -> None:
         """Stop gradients through one part (fine-tuning a head on a fixed base)."""

@@ -8,7 +8,7 @@ import numbers
 import pandas as pd
 
 from fedper.algorithms import ALGORITHMS
-from fedper.data.registry import DATASET_LABELS
+from fedper.data.registry import DATASETS
 from fedper.models import MODELS
 from fedper.plot.runs import RUN_COLUMNS
 
@@ -63,7 +63,8 @@ def model_label(name: object) -> str:
 
 
 def dataset_label(name: object) -> str:
-    return DATASET_LABELS.get(str(name), text(name))
+    dataset = DATASETS.get(str(name))
+    return dataset.label if dataset else text(name)
 
 
 def head_count_matters(name: object) -> bool:
