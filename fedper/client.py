@@ -25,15 +25,9 @@ from fedper.algorithms import ALGORITHMS, Algorithm
 from fedper.data import ClientData, prepare_dataset
 from fedper.data.federated_dataset import load_client_data
 from fedper.data.transforms import BatchTransform
-from fedper.device import (
-    apply_gpu_share,
-    apply_performance,
-    check_gpu_arch,
-    client_device,
-    out_of_memory_error,
-    resolve_performance,
-)
+from fedper.device import apply_performance, client_device, resolve_performance
 from fedper.errors import FedPerError, StateFileError
+from fedper.gpu import apply_gpu_share, check_gpu_arch, out_of_memory_error
 from fedper.heads import HEAD_WAY_OUT, DiskHeadStore, HeadStore
 from fedper.models import ModelSplit, build_model
 from fedper.rundir import RUN_ID_PATTERN

@@ -9,23 +9,26 @@ import torch
 from helpers import make_config
 
 from fedper import device as dev
+from fedper import gpu
 from fedper.device import (
-    GpuMemoryError,
-    apply_gpu_share,
     apply_performance,
-    arch_supported,
-    check_gpu_setup,
     check_performance,
     client_device,
     describe,
     describe_line,
     gpu_share,
-    memory_fraction,
-    out_of_memory_error,
     resolve_device,
     resolve_performance,
 )
 from fedper.errors import ConfigError
+from fedper.gpu import (
+    GpuMemoryError,
+    apply_gpu_share,
+    arch_supported,
+    check_gpu_setup,
+    memory_fraction,
+    out_of_memory_error,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # what the torch wheel this project installs was built for
@@ -252,7 +255,7 @@ def test_a_fractional_share_becomes_a_memory_cap(monkeypatch):
     assert memory_fraction(1.0, 16 * 2**30) is None and memory_fraction(0, 16 * 2**30) is None
     fraction = apply_gpu_share(0.5, torch.device("cuda"))
     # half the card, less what the CUDA context takes outside the allocator
-    assert fraction == pytest.approx((8 * 2**30 - dev.CONTEXT_BYTES) / (16 * 2**30))
+    assert fraction == pytest.approx((8 * 2**30 - gpu.CONTEXT_BYTES) / (16 * 2**30))
     assert gpus.fractions == [(fraction, torch.device("cuda"))]
     assert apply_gpu_share(1.0, torch.device("cuda")) is None
     assert apply_gpu_share(0.5, torch.device("cpu")) is None

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedper import PROJECT_ROOT
 from fedper.checks import check, check_bool, check_folder, is_whole, show
-from fedper.device import check_gpu_setup
 from fedper.errors import FedPerError
+from fedper.gpu import check_gpu_setup
 from fedper.interrupts import INTERRUPTS
 from fedper.ray_local import quiet_ray_signals, ray_starting, ray_temp_dir
 from fedper.spec import RunPlan
