@@ -14,8 +14,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedper.client import ClientSetupError, ClientWorker, NodePaths, worker_for
+from fedper.client import ClientWorker, worker_for
 from fedper.errors import FedPerError
+from fedper.node import ClientSetupError, NodePaths
 from fedper.spec import FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec
 
 app = ClientApp()

@@ -8,8 +8,9 @@ from helpers import make_config, newest_head, plan_local, run_local
 
 from fedper import client
 from fedper.algorithms import ALGORITHMS
-from fedper.client import NodePaths, worker_for
+from fedper.client import worker_for
 from fedper.models import build_model
+from fedper.node import NodePaths
 from fedper.planning import unused_settings
 
 BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")

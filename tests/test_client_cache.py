@@ -9,10 +9,11 @@ import torch
 from helpers import newest_head, plan_local
 
 from fedper import client
-from fedper.client import NodePaths, worker_for
+from fedper.client import worker_for
 from fedper.data import load_client_data
 from fedper.data.transforms import BatchTransform
 from fedper.models import build_model
+from fedper.node import NodePaths
 from fedper.training import evaluate
 
 SMALL = ["dataset=synthetic", "dataset.size=240", "dataset.num_classes=4",

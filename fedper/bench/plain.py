@@ -17,10 +17,11 @@ import torch
 
 from fedper.algorithms import ALGORITHMS
 from fedper.bench.resources import cuda_visible, gpus_of_worker, visible_gpus
-from fedper.client import ClientWorker, NodePaths
+from fedper.client import ClientWorker
 from fedper.errors import FedPerError
 from fedper.heads import MemoryHeadStore
 from fedper.models import build_model
+from fedper.node import NodePaths
 from fedper.spec import RunSpec
 
 
