@@ -1,71 +1,15 @@
 """The CIFAR-10 loader on a small dataset written in CIFAR-10's python pickle format."""
 
-import io
 import os
-import pickle
-import struct
 
 import numpy as np
 import pytest
 from helpers import make_config
+from helpers.datasets import PER_BATCH, python2_pickle, write_cifar10
 
 from fedper.data import load_client_data, prepare_dataset
 from fedper.data.cifar import read_batch
 from fedper.errors import DatasetNotFoundError
-
-PER_BATCH = 20  # images per batch file: 6 files -> 120 images, 12 per class
-
-
-class Python2Pickler(pickle._Pickler):
-    """Pickles as the real CIFAR files were written: by Python 2 (protocol 2), where every
-    string is a byte string, and numpy's reconstructor lives in `numpy.core.multiarray`."""
-
-    def save_bytes(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    def save_str(self, obj):
-        self.save_bytes(obj.encode("latin-1"))
-
-    def save_global(self, obj, name=None):
-        module = obj.__module__.replace("numpy._core", "numpy.core")
-        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
-        self.memoize(obj)
-
-    dispatch = dict(pickle._Pickler.dispatch)
-    dispatch[bytes] = save_bytes
-    dispatch[str] = save_str
-
-
-def python2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    Python2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def write_cifar10(root):
-    """data_batch_1..5 and test_batch as CIFAR-10 stores them: 3072 bytes per row, R, G, B planes."""
-    folder = root / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        hwc = rng.integers(0, 256, size=(PER_BATCH, 32, 32, 3), dtype=np.uint8)
-        batch_labels = [i % 10 for i in range(PER_BATCH)]
-        rows = hwc.transpose(0, 3, 1, 2).reshape(PER_BATCH, 3072)
-        batch = {
-            b"batch_label": f"{name} of 6".encode(),
-            b"labels": batch_labels,
-            b"data": rows,
-            b"filenames": [f"img_{i}.png".encode() for i in range(PER_BATCH)],
-        }
-        (folder / name).write_bytes(python2_pickle(batch))
-        images.append(hwc)
-        labels += batch_labels
-    return np.concatenate(images), np.array(labels)
 
 
 def cifar_config(tmp_path, *extra):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_config, read_results, run_main
-from PIL import Image
+from helpers.datasets import MINI_BOUNDS, write_mini_flickr
 
 from fedper.data import prepare_dataset
 from fedper.data.flickr import (
@@ -21,47 +21,6 @@ from fedper.data.flickr import (
 from fedper.data.split import split_train_test, stratified_test_counts
 from fedper.errors import ConfigError, DatasetNotFoundError
 from fedper.validation import validate_config
-
-NUM_PHOTOS = 80
-# rated-photo counts per worker; with the bounds below (more than 8, fewer than 15) the
-# first eight are eligible and the rest sit on or beyond the bounds
-ELIGIBLE_COUNTS = [9, 10, 11, 12, 12, 13, 14, 14]
-INELIGIBLE_COUNTS = [8, 15, 3, 30, 5, 20]
-MINI_BOUNDS = ["dataset.min_images=8", "dataset.max_images=15"]
-
-
-def write_mini_flickr(data_dir: Path, seed: int = 0) -> dict[str, dict[str, int]]:
-    """A miniature FLICKR-AES under `data_dir/flickr/` in the published layout.
-
-    Real 16x16 JPEGs in 40K/, the per-worker CSV with its spaced header (rows shuffled, so
-    nothing can rely on file order) and the mean-score file. Returns worker -> photo -> score.
-    Even-numbered workers give every score 1-5 in turn; odd ones only 2-4.
-    """
-    rng = np.random.default_rng(seed)
-    root = data_dir / "flickr"
-    (root / IMAGE_DIR).mkdir(parents=True)
-    photos = [f"farm{i % 3 + 1}_{1000 + i}_{i:04d}abcd_b.jpg" for i in range(NUM_PHOTOS)]
-    for name in photos:
-        pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / IMAGE_DIR / name, quality=90)
-
-    ratings: dict[str, dict[str, int]] = {}
-    for k, count in enumerate(ELIGIBLE_COUNTS + INELIGIBLE_COUNTS):
-        worker = f"A{k * 7919 % 997:03d}W{k:02d}"
-        rated = rng.choice(photos, size=count, replace=False)
-        if k % 2 == 0:
-            scores = [1 + i % 5 for i in range(count)]
-        else:
-            scores = rng.integers(2, 5, size=count).tolist()
-        ratings[worker] = dict(zip(rated.tolist(), scores, strict=True))
-
-    rows = [(w, p, s) for w, given in ratings.items() for p, s in given.items()]
-    order = rng.permutation(len(rows))
-    lines = ["worker, imagePair, score"] + [", ".join(map(str, rows[i])) for i in order]
-    (root / RATINGS_FILE).write_text("\n".join(lines) + "\n")
-    means = {p: np.mean([g[p] for g in ratings.values() if p in g] or [3]) for p in photos}
-    (root / SCORES_FILE).write_text("".join(f"{p} {m:.4f}\n" for p, m in means.items()))
-    return ratings
 
 
 def eligible_truth(ratings: dict[str, dict[str, int]]) -> list[str]:
