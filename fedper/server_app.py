@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
+from fedper.checkpoint import Checkpoint
 from fedper.commit import RoundCommit
 from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
 from fedper.models import build_model
@@ -168,20 +169,10 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     """
     spec = plan.spec
     cfg = spec.cfg
-    run_dir = Path(spec.run_dir)
-    algorithm = ALGORITHMS[cfg.algorithm]
     header = {"run_id": spec.run_id, "config": spec.resolved_config, **plan.header}
-    results = RoundCommit(run_dir, spec.run_id, header)
+    results = RoundCommit(Path(spec.run_dir), spec.run_id, header)
     checkpoint = results.restore()  # also repairs whatever view a kill left behind or ahead
-    if checkpoint is None:
-        # the server never trains: its model stays on the CPU, whatever the clients use
-        model = build_model(cfg, seed=cfg.seed)
-        keys = algorithm.shared_keys(model, bool(cfg.model.get("local_bn", False)))
-        first_round, arrays = 1, model.state_of(keys)
-    else:
-        first_round, arrays = checkpoint.round + 1, checkpoint.arrays
-        log.info("resuming %s after round %d", run_dir, checkpoint.round)
-
+    first_round, arrays = starting_point(cfg, checkpoint, spec.run_dir)
     link = ClientLink(grid, plan, stop)
     strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
     if checkpoint is not None:
@@ -222,6 +213,17 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         results.commit(entry, arrays)
         log_round(entry, cfg.num_rounds)
     return results
+
+
+def starting_point(cfg, checkpoint: Checkpoint | None, run_dir: str) -> tuple[int, dict]:
+    """The first round to run and the shared arrays it starts from: the seeded initial model's
+    (the server never trains: its model stays on the CPU), or the checkpoint's."""
+    if checkpoint is not None:
+        log.info("resuming %s after round %d", run_dir, checkpoint.round)
+        return checkpoint.round + 1, checkpoint.arrays
+    model = build_model(cfg, seed=cfg.seed)
+    local_bn = bool(cfg.model.get("local_bn", False))
+    return 1, model.state_of(ALGORITHMS[cfg.algorithm].shared_keys(model, local_bn))
 
 
 def log_round(entry: dict, num_rounds: int) -> None:

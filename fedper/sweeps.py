@@ -37,6 +37,7 @@ class FigureError(FedPerError):
 
 def head_layer_counts(model_name: str) -> str:
     """Every head-layer count a model allows (1 to its max_head_layers), as a sweep value."""
+    # the registries (with torch) load here, not when Hydra imports this module at every start
     from fedper.models import MODELS
 
     if model_name not in MODELS:
