@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
-from fedper.data.cache import PoolCache, dataset_root
+from fedper.data.cache import CachedPool, PoolCache, dataset_root
 from fedper.data.federated_dataset import ClientSplit, FederatedDataset, configured_or_measured
 from fedper.data.split import split_with_shared_items
 from fedper.errors import ConfigError, DatasetNotFoundError
@@ -212,29 +212,11 @@ def check_flickr(cfg: DictConfig) -> None:
         )
 
 
-def build_flickr(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
-    """Clients = a seeded draw of eligible workers; labels = their own scores; one photo pool."""
-    ds = cfg.dataset
-    min_images, max_images, min_per_score = check_worker_settings(ds)
-    root = dataset_root(cfg, data_dir)
-    image_dir, ratings_path = locate_files(root)
-    ratings = read_ratings(ratings_path)
-
-    eligible = eligible_workers(ratings, min_images, max_images, min_per_score)
-    if len(eligible) < cfg.num_clients:
-        filter_note = f" and every score at least {min_per_score} times" if min_per_score else ""
-        raise ConfigError(
-            f"num_clients={cfg.num_clients} but only {len(eligible)} FLICKR-AES workers have "
-            f"more than {min_images} and fewer than {max_images} rated photos{filter_note}: "
-            f"use num_clients<={len(eligible)} or widen dataset.min_images/dataset.max_images"
-        )
-    chosen = draw_workers(eligible, cfg.num_clients, ds.seed)
-
-    # the pool holds every eligible worker's photos, not only this draw's, so runs with
-    # other seeds find it in the cache
-    names = sorted(ratings[ratings["worker"].isin(eligible)]["image"].unique())
-    cache = photo_cache(root, image_dir, names, int(ds.image_size))
-    cached = cache.ensure()
+def workers_rows(
+    ratings: pd.DataFrame, chosen: list[str], names: list[str], cached: CachedPool, image_dir: Path
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each chosen worker's pool rows (sorted) and scores (0-based), without the photos that
+    could not be read; a worker left with fewer than 2 photos stops the run."""
     unreadable = set(cached.extra["unreadable"])
     row_of = {name: row for row, name in enumerate(names)}
 
@@ -262,6 +244,33 @@ def build_flickr(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
             len(skipped), image_dir / min(skipped), cached.path.parent,
         )  # fmt: skip
 
+    return rows, scores
+
+
+def build_flickr(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
+    """Clients = a seeded draw of eligible workers; labels = their own scores; one photo pool."""
+    ds = cfg.dataset
+    min_images, max_images, min_per_score = check_worker_settings(ds)
+    root = dataset_root(cfg, data_dir)
+    image_dir, ratings_path = locate_files(root)
+    ratings = read_ratings(ratings_path)
+
+    eligible = eligible_workers(ratings, min_images, max_images, min_per_score)
+    if len(eligible) < cfg.num_clients:
+        filter_note = f" and every score at least {min_per_score} times" if min_per_score else ""
+        raise ConfigError(
+            f"num_clients={cfg.num_clients} but only {len(eligible)} FLICKR-AES workers have "
+            f"more than {min_images} and fewer than {max_images} rated photos{filter_note}: "
+            f"use num_clients<={len(eligible)} or widen dataset.min_images/dataset.max_images"
+        )
+    chosen = draw_workers(eligible, cfg.num_clients, ds.seed)
+
+    # the pool holds every eligible worker's photos, not only this draw's, so runs with
+    # other seeds find it in the cache
+    names = sorted(ratings[ratings["worker"].isin(eligible)]["image"].unique())
+    cache = photo_cache(root, image_dir, names, int(ds.image_size))
+    cached = cache.ensure()
+    rows, scores = workers_rows(ratings, chosen, names, cached, image_dir)
     splits = split_with_shared_items(
         rows, scores, ds.fraction, ds.get("val_fraction", 0.0), ds.seed
     )
