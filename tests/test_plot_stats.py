@@ -218,7 +218,7 @@ def test_a_comparison_that_names_nothing_is_a_plot_error(tmp_path: Path) -> None
 def test_tables_on_validation_data_read_only_validation_accuracy(tmp_path):
     from helpers.plot_results import config, write_run
 
-    from fedper.plot.cli import plot_runs
+    from fedper.plot.command import plot_runs
 
     for seed, (test, val) in enumerate([(0.9, 0.5), (0.8, 0.7)], start=1):
         write_run(tmp_path / f"s{seed}", config("fedper", seed), [test] * 4, [val] * 4)

@@ -5,7 +5,8 @@
 # confidence intervals, p-values, Holm), compare (paired per-seed differences), tables
 # (Markdown and CSV), figures (PNG and PDF), cli (the command line).
 
-from fedper.plot.cli import PlotOutput, main, plot_runs
+from fedper.plot.cli import main
+from fedper.plot.command import PlotOutput, plot_runs
 from fedper.plot.compare import Comparison, paired_differences, parse_comparison
 from fedper.plot.figures import build_figures, draw_figures
 from fedper.plot.pack import pack_sweep

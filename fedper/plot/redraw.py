@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedper.plot.cli import plot_parser, plot_runs
+from fedper.plot.command import plot_parser, plot_runs
 from fedper.plot.runs import PlotError
 
 MANIFEST = Path("docs/results/tables.yaml")
