@@ -87,10 +87,9 @@ def train(
         raise ValueError(f"cannot train BatchNorm layers on {num} example(s)")
     # float64 on the device, so the sum matches a host-side float sum as closely as before
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    _, height, width, _ = images.shape
     for _ in range(settings.epochs):
         order = torch.randperm(num, generator=generator).to(images.device, non_blocking=True)
-        augmentation = transform.draw(num, height, width, generator, device)
+        augmentation = transform.draw(num, generator, device)
         for start, end in batch_bounds(num, settings.batch_size):
             idx = order[start:end]
             # uint8 crosses to the device (4x less than float), then it is prepared there

@@ -31,7 +31,7 @@ def reference(batch: torch.Tensor, image_size: int) -> torch.Tensor:
 def test_batches_have_the_layout_asked_for(channels_last, image_size, augment):
     transform = BatchTransform(image_size, MEAN, STD, 2, augment, channels_last=channels_last)
     batch = images()
-    draws = transform.draw(6, 12, 12, torch.Generator().manual_seed(1), torch.device("cpu"))
+    draws = transform.draw(6, torch.Generator().manual_seed(1), torch.device("cpu"))
     x = transform(batch, draws if augment else None)
     assert x.shape == (6, 3, image_size, image_size) and x.dtype == torch.float32
     if channels_last:
@@ -53,7 +53,7 @@ def test_normalized_pixels_match_the_textbook_order(image_size):
 def test_crop_and_flip_are_shifts_of_the_zero_padded_image():
     p, batch = 3, images(n=8)
     transform = BatchTransform(12, MEAN, STD, crop_padding=p, flip=True)
-    draws = transform.draw(8, 12, 12, torch.Generator().manual_seed(5), torch.device("cpu"))
+    draws = transform.draw(8, torch.Generator().manual_seed(5), torch.device("cpu"))
     x = transform(batch, draws)
     padded = F.pad(batch.permute(0, 3, 1, 2), (p, p, p, p))  # black borders
     flipped = 0
@@ -71,17 +71,41 @@ def test_crop_and_flip_are_shifts_of_the_zero_padded_image():
     assert 0 < flipped < 8  # both branches were exercised with this seed
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_resized_batch_is_shifted_by_at_most_the_padding_in_output_pixels(channels_last):
+    p, size, batch = 4, 40, images(n=8)
+    transform = BatchTransform(size, MEAN, STD, crop_padding=p, flip=True,
+                               channels_last=channels_last)  # fmt: skip
+    draws = transform.draw(8, torch.Generator().manual_seed(2), torch.device("cpu"))
+    assert draws.rows.shape == (8, size)  # drawn on the output grid, not the 12-pixel source
+    x = transform(batch, draws)
+    plain = reference(batch, size)
+    black = (-torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
+    padded = F.pad(plain - black, (p, p, p, p)) + black  # borders as black normalizes to
+    shifts = set()
+    for i in range(8):
+        top, left = int(draws.rows[i, 0]), int(draws.cols[i].min())
+        assert 0 <= top <= 2 * p and 0 <= left <= 2 * p
+        shifts.add((top - p, left - p))
+        crop = padded[i : i + 1, :, top : top + size, left : left + size]
+        if bool(draws.cols[i, 0] > draws.cols[i, -1]):
+            crop = crop.flip(-1)
+        torch.testing.assert_close(x[i : i + 1], crop, atol=2e-5, rtol=0)
+    # a shift of p source pixels would have moved the image by up to p * 40 / 12 output pixels
+    assert max(max(abs(dy), abs(dx)) for dy, dx in shifts) <= p and len(shifts) > 1
+
+
 def test_draws_are_a_pure_function_of_the_generator_and_epoch_sized():
     transform = BatchTransform(12, MEAN, STD, crop_padding=2, flip=True)
-    first = transform.draw(50, 12, 12, torch.Generator().manual_seed(9), torch.device("cpu"))
-    again = transform.draw(50, 12, 12, torch.Generator().manual_seed(9), torch.device("cpu"))
-    other = transform.draw(50, 12, 12, torch.Generator().manual_seed(10), torch.device("cpu"))
+    first = transform.draw(50, torch.Generator().manual_seed(9), torch.device("cpu"))
+    again = transform.draw(50, torch.Generator().manual_seed(9), torch.device("cpu"))
+    other = transform.draw(50, torch.Generator().manual_seed(10), torch.device("cpu"))
     assert first.rows.shape == (50, 12) and first.cols.shape == (50, 12)
     assert torch.equal(first.rows, again.rows) and torch.equal(first.cols, again.cols)
     assert not torch.equal(first.cols, other.cols)
     part = first[10:20]
     assert torch.equal(part.rows, first.rows[10:20])
-    assert BatchTransform(12, MEAN, STD).draw(5, 12, 12, None, torch.device("cpu")) is None
+    assert BatchTransform(12, MEAN, STD).draw(5, None, torch.device("cpu")) is None
 
 
 def test_normalization_constants_are_made_once_per_device():
@@ -98,8 +122,8 @@ def test_the_same_draws_give_the_same_batch_on_cuda_and_cpu():
     cuda = torch.device("cuda")
     transform = BatchTransform(40, MEAN, STD, crop_padding=2, flip=True, device=cuda)
     batch = images()
-    on_cpu = transform(batch, transform.draw(6, 12, 12, torch.Generator().manual_seed(3), "cpu"))
-    draws = transform.draw(6, 12, 12, torch.Generator().manual_seed(3), cuda)
+    on_cpu = transform(batch, transform.draw(6, torch.Generator().manual_seed(3), "cpu"))
+    draws = transform.draw(6, torch.Generator().manual_seed(3), cuda)
     assert draws.rows.device.type == "cuda"
     on_gpu = transform(batch.to(cuda), draws)
     assert on_gpu.device.type == "cuda" and on_gpu.is_contiguous()

@@ -3,7 +3,9 @@
 Images stay uint8 NHWC until a batch is drawn; everything after that is a handful of tensor
 operations on the whole batch (the public baseline resized each image with PIL on the CPU).
 An epoch's random shifts and flips are drawn once, as pixel index tables on the device, so a
-training step never waits for the host.
+training step never waits for the host. Shifts are in output pixels (at `image_size`): a
+batch that is resized is shifted after the resize, so `crop_padding: 4` moves a CIFAR image
+by at most 4 of its 224 pixels, as the public baseline's crop after its resize does.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Source-pixel rows and columns (in the zero-padded image) for each example of an epoch.
+    """Output-pixel rows and columns (in the padded image) for each example of an epoch.
 
-    A random crop after zero padding is an integer shift; a flip reverses the columns.
+    A random crop after padding with black is an integer shift; a flip reverses the columns.
     """
 
     rows: torch.Tensor  # (n, h) int64
@@ -70,15 +72,15 @@ class BatchTransform:
         return self._affine[device]
 
     def draw(
-        self, num: int, height: int, width: int, generator: torch.Generator, device: torch.device
+        self, num: int, generator: torch.Generator, device: torch.device
     ) -> Augmentation | None:
-        """One epoch's shifts and flips, drawn on the host from the seeded generator (so they
-        are the same on every device) and copied to `device` once."""
+        """One epoch's shifts and flips at `image_size`, drawn on the host from the seeded
+        generator (so they are the same on every device) and copied to `device` once."""
         if self.crop_padding == 0 and not self.flip:
             return None
-        p = self.crop_padding
-        rows = torch.arange(height).expand(num, height)
-        cols = torch.arange(width).expand(num, width)
+        p, size = self.crop_padding, self.image_size
+        rows = torch.arange(size).expand(num, size)
+        cols = torch.arange(size).expand(num, size)
         if p > 0:
             shifts = torch.randint(-p, p + 1, (num, 2), generator=generator)
             rows = rows + p + shifts[:, :1]
@@ -94,8 +96,9 @@ class BatchTransform:
         self, images: torch.Tensor, augmentation: Augmentation | None = None
     ) -> torch.Tensor:
         """Prepare a batch; `augmentation` holds this batch's slice of the epoch's draws."""
-        if augmentation is not None:
-            images = self.augment(images, augmentation)
+        resize = tuple(images.shape[1:3]) != (self.image_size, self.image_size)
+        if augmentation is not None and not resize:
+            images = self.augment(images, augmentation)  # on uint8: 4x less to move
         # NHWC -> NCHW is a view with channels_last strides; make the layout what was asked
         # while the data is still uint8 (4x cheaper than after the conversion)
         x = images.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
@@ -103,16 +106,30 @@ class BatchTransform:
         # with the resize, which then makes the one large tensor
         scale, shift = self.affine(x.device)
         x = torch.addcmul(shift, x, scale)
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        if resize:
             x = F.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
             )
+            if augmentation is not None:
+                # padded with the value black normalizes to, as black pads the uint8 case
+                black = shift.view(-1)
+                x = self.augment(x.permute(0, 2, 3, 1), augmentation, black).permute(0, 3, 1, 2)
         return x.contiguous(memory_format=self.memory_format)
 
-    def augment(self, images: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
-        """Crop and flip a uint8 NHWC batch with one gather from its zero-padded copy."""
+    def augment(
+        self, images: torch.Tensor, augmentation: Augmentation, fill: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Crop and flip an NHWC batch with one gather from its padded copy: padded with zeros
+        (black uint8 pixels), or with `fill`, one value per channel."""
         p = self.crop_padding
-        padded = F.pad(images, (0, 0, p, p, p, p)) if p > 0 else images
+        if p > 0 and fill is None:
+            padded = F.pad(images, (0, 0, p, p, p, p))
+        elif p > 0:
+            n, h, w, c = images.shape
+            padded = fill.view(1, 1, 1, c).expand(n, h + 2 * p, w + 2 * p, c).clone()
+            padded[:, p : p + h, p : p + w] = images
+        else:
+            padded = images
         n = images.shape[0]
         batch = torch.arange(n, device=images.device).view(n, 1, 1)
         return padded[batch, augmentation.rows.view(n, -1, 1), augmentation.cols.view(n, 1, -1)]
