@@ -36,6 +36,7 @@ def mini_config(data_dir: Path, num_clients: int = 5, seed: int = 1, extra: list
             f"seed={seed}",
             "dataset.image_size=16",
             *MINI_BOUNDS,
+            "dataset.val_fraction=0.1",  # the preset has none; the three-way split is tested
             *extra,
         ],
         config_name="flickr",
@@ -289,6 +290,7 @@ def test_two_rounds_through_ray(mini, tmp_path: Path):
             "model.width_multiplier=0.25",
             "dataset.image_size=32",
             *MINI_BOUNDS,
+            "dataset.val_fraction=0.1",  # the preset has none; the three-way split is tested
         ],
         run_dir=run_dir,
         timeout=300,
