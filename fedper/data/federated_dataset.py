@@ -22,6 +22,7 @@ from fedper.data.cache import (
     first_damaged_row,
 )
 from fedper.data.partition import PartitionSettings, partition_labels
+from fedper.data.shift import ClientShift, ShiftSettings, client_shifts
 from fedper.errors import FedPerError
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: preparing a dataset needs none
@@ -49,12 +50,14 @@ class ClientSplit:
     val_indices: np.ndarray = field(default_factory=lambda: EMPTY)
     val_labels: np.ndarray = field(default_factory=lambda: EMPTY)
     info: dict = field(default_factory=dict)
+    shift: ClientShift | None = None  # shift=feature|concept (fedper/data/shift.py)
 
     def summary(self, cid: int) -> dict:
         """What results.json records about this client."""
         return {
             "cid": cid,
             **self.info,
+            **({"shift": self.shift.summary()} if self.shift is not None else {}),
             "num_train": int(len(self.train_indices)),
             "num_val": int(len(self.val_indices)),
             "num_test": int(len(self.test_indices)),
@@ -87,6 +90,8 @@ class FederatedDataset:
         head = [self.name, int(self.total_classes), [float(v) for v in self.mean]]
         digest.update(json.dumps([*head, [float(v) for v in self.std]]).encode())
         for client in self.clients:
+            if client.shift is not None:  # absent under shift=none: those fingerprints stay
+                digest.update(json.dumps(client.shift.summary()).encode())
             for split in SPLITS:
                 for kind in ("indices", "labels"):
                     values = np.asarray(getattr(client, f"{split}_{kind}"), dtype="<i8")
@@ -99,22 +104,29 @@ def federate_pool(cfg: DictConfig, cache: PoolCache, cached: CachedPool) -> Fede
     """Partition a labelled pool with the configured partitioner and split every client.
 
     Normalization statistics not set in the config are measured on the training rows only
-    (never validation or test rows).
+    (never validation or test rows), before any shift. Under a concept shift the labels
+    stored for a client are the ones its group uses.
     """
     ds, labels = cfg.dataset, cached.labels
     parts = partition_labels(labels, PartitionSettings.from_config(cfg))
+    shifts = client_shifts(ShiftSettings.from_config(cfg), len(parts), int(ds.total_classes))
     clients = [
         ClientSplit(
             **{f"{s}_indices": p[f"{s}_indices"] for s in SPLITS},
-            **{f"{s}_labels": labels[p[f"{s}_indices"]] for s in SPLITS},
+            **{f"{s}_labels": shifted_labels(labels[p[f"{s}_indices"]], shift) for s in SPLITS},
             info={"classes": p["classes"]},
+            shift=shift,
         )
-        for p in parts
+        for p, shift in zip(parts, shifts, strict=True)
     ]
     mean, std = configured_or_measured(ds, cached, clients)
     return FederatedDataset(
         ds.name, cached.path, ds.total_classes, mean, std, clients, repair=cache.rebuild
     )
+
+
+def shifted_labels(labels: np.ndarray, shift: ClientShift | None) -> np.ndarray:
+    return labels if shift is None else shift.labels(labels)
 
 
 def configured_or_measured(ds: DictConfig, cached: CachedPool, clients: list[ClientSplit]):
@@ -144,11 +156,14 @@ def load_client_data(
     Only that client's rows are read, so the cost follows the client's size, not the
     dataset's (the public baseline rebuilt the whole dataset as float32 for every client).
     A damaged row is never used: the cache is rebuilt (with a warning) and read again.
+    A feature shift transforms the rows here, once, for every split.
     """
     import torch
 
     split = dataset.clients[cid]
     arrays = {s: verified_rows(dataset, getattr(split, f"{s}_indices")) for s in SPLITS}
+    if split.shift is not None:
+        arrays = {s: split.shift.images(rows) for s, rows in arrays.items()}
 
     def labels(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(values, dtype=np.int64)).to(device)

@@ -19,6 +19,7 @@ from fedper.data.digits import build_digits
 from fedper.data.federated_dataset import FederatedDataset
 from fedper.data.flickr import build_flickr, check_flickr
 from fedper.data.partition import PartitionSettings
+from fedper.data.shift import ShiftSettings
 from fedper.data.synthetic import build_synthetic
 from fedper.registry import Registry
 
@@ -53,6 +54,7 @@ def check_dataset_settings(cfg: DictConfig) -> PartitionSettings:
     check_normalization(cfg.dataset)
     settings = PartitionSettings.from_config(cfg)
     DATASETS.pick(cfg.dataset.name).check(cfg)
+    ShiftSettings.from_config(cfg)
     return settings
 
 
