@@ -1,0 +1,160 @@
+"""Choose each algorithm's settings from a validation search, by one stated rule.
+
+    python -m fedper.search docs/results/search/runs/shift > conf/figure/chosen/family_shift.yaml
+
+Runs are grouped by what a comparison holds fixed (by default the shift, the algorithm and
+`model.local_bn`); within a group, a setting is the values of the searched keys (learning rate
+and each algorithm's own knob). The rule: the setting with the highest validation accuracy
+averaged over the last `--last` rounds, averaged over the search's seeds (its partitions).
+Ties go to the setting whose run folder sorts first. Test accuracy is never read. The
+table goes to stderr; stdout is the config (`hydra.sweeper.grids`) that runs each group once
+with its chosen setting, for the figure sweep that reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from fedper.errors import FedPerError
+
+GROUP_KEYS = ("shift", "algorithm", "model.local_bn")
+SETTING_KEYS = ("learning_rate", "model.num_head_layers", "fedrep.head_epochs",
+                "finetune_epochs", "num_epochs")  # fmt: skip
+
+
+class SearchError(FedPerError):
+    """The search's runs cannot be read or are not finished."""
+
+
+def setting_value(config: dict, key: str):
+    """A dotted key's value in a resolved config; a config group's chosen option by its name."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value.get("name") if isinstance(value, dict) else value
+
+
+def validation_score(rounds: list[dict], last: int) -> float:
+    """Mean validation accuracy over the last `last` rounds (nan when there is none)."""
+    values = [r.get("val_accuracy") for r in rounds[-last:]]
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def read_runs(root: Path, last: int) -> list[dict]:
+    """Every finished run under `root`: its resolved config and validation score."""
+    runs = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            results = json.loads(path.read_text())
+            config, rounds = results["config"], results["rounds"]
+        except (OSError, ValueError, KeyError) as error:
+            raise SearchError(f"{path} cannot be read ({error}): rerun the search sweep") from None
+        if len(rounds) < int(config["num_rounds"]):
+            raise SearchError(
+                f"{path.parent} has {len(rounds)} of {config['num_rounds']} rounds: finish the "
+                "search sweep (the same command continues it) before choosing"
+            )
+        runs.append({"config": config, "score": validation_score(rounds, last), "path": path})
+    if not runs:
+        raise SearchError(f"no results.json under {root}: run the search sweep first")
+    return runs
+
+
+def choose(runs: list[dict], group_keys=GROUP_KEYS, setting_keys=SETTING_KEYS) -> list[dict]:
+    """Per group, every setting's mean score over seeds and the chosen one (highest mean).
+
+    Returns one entry per group, in the order groups first appear: `group` (key -> value),
+    `settings` (list of (setting dict, mean score, number of seeds)) and `chosen`.
+    """
+    scores: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        group = tuple(setting_value(run["config"], key) for key in group_keys)
+        setting = tuple(setting_value(run["config"], key) for key in setting_keys)
+        scores[group][setting].append(run["score"])
+    chosen = []
+    for group, settings in scores.items():
+        varying = [i for i in range(len(setting_keys)) if len({s[i] for s in settings}) > 1] or [
+            0
+        ]  # a group searched on one setting still names its learning rate
+        rows = [
+            ({setting_keys[i]: setting[i] for i in varying}, mean(values), len(values))
+            for setting, values in settings.items()
+        ]
+        seeds = {n for _, _, n in rows}
+        if len(seeds) > 1:
+            raise SearchError(
+                f"{dict(zip(group_keys, group, strict=True))}: settings were run on different "
+                f"numbers of seeds ({sorted(seeds)}): finish the search sweep before choosing"
+            )
+        best = max(rows, key=lambda row: -math.inf if math.isnan(row[1]) else row[1])
+        chosen.append(
+            {"group": dict(zip(group_keys, group, strict=True)), "settings": rows, "chosen": best}
+        )
+    return chosen
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def override_value(value) -> str:
+    """A value as a Hydra override writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def grids_yaml(chosen: list[dict], source: str, last: int) -> str:
+    """The chosen settings as a figure config fragment: one grid per group."""
+    lines = [
+        "# @package _global_",
+        f"# Settings chosen on validation by `python -m fedper.search {source} --last {last}`:",
+        f"# per group, the best mean validation accuracy over the last {last} rounds, averaged",
+        "# over the search's seeds. Regenerate with that command; do not edit by hand.",
+        "hydra:",
+        "  sweeper:",
+        "    grids:",
+    ]
+    for entry in chosen:
+        setting, score, seeds = entry["chosen"]
+        pairs = {**entry["group"], **setting}
+        body = ", ".join(f"{key}: {override_value(value)}" for key, value in pairs.items())
+        lines.append(f"      - {{{body}}}  # validation {score:.3f} over {seeds} seed(s)")
+    return "\n".join(lines) + "\n"
+
+
+def table(chosen: list[dict]) -> str:
+    """Every group's settings and scores, the chosen one marked."""
+    lines = []
+    for entry in chosen:
+        lines.append(", ".join(f"{k}={override_value(v)}" for k, v in entry["group"].items()))
+        for setting, score, seeds in sorted(entry["settings"], key=lambda row: -row[1]):
+            mark = "*" if (setting, score, seeds) == entry["chosen"] else " "
+            shown = " ".join(f"{k}={override_value(v)}" for k, v in setting.items())
+            lines.append(f"  {mark} {score:.4f}  {shown}  ({seeds} seed(s))")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fedper.search", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("runs", type=Path, help="the search sweep's folder (hydra.sweep.dir)")
+    parser.add_argument("--last", type=int, default=5, help="rounds averaged at the end (5)")
+    args = parser.parse_args(argv)
+    try:
+        chosen = choose(read_runs(args.runs, args.last))
+    except FedPerError as error:
+        print(f"fedper: error: {error}", file=sys.stderr)
+        return 2
+    print(table(chosen), file=sys.stderr)
+    sys.stdout.write(grids_yaml(chosen, str(args.runs), args.last))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

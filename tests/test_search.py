@@ -1,0 +1,102 @@
+"""fedper.search: each group's setting is chosen on validation by the stated rule, and the
+printed config runs exactly those settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedper.figures import expand_jobs
+from fedper.search import choose, main, read_runs
+
+
+def write_run(root: Path, name: str, val: list[float], test: float = 0.5, rounds=None, **keys):
+    """A run folder with the parts of results.json the choice reads."""
+    config = {
+        "seed": 101, "algorithm": "fedper", "shift": {"name": "none"}, "num_rounds": len(val),
+        "learning_rate": 0.05, "num_epochs": 1, "finetune_epochs": 1,
+        "model": {"local_bn": False, "num_head_layers": 2}, "fedrep": {"head_epochs": 1},
+    }  # fmt: skip
+    for key, value in keys.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    entries = [{"round": i + 1, "val_accuracy": v, "accuracy": test} for i, v in enumerate(val)]
+    folder = root / name
+    folder.mkdir(parents=True)
+    results = {"config": config, "rounds": entries[: rounds or len(entries)]}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def search(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    # FedPer: head layers 1 vs 3 at two learning rates, two seeds each
+    for seed, bump in ((101, 0.0), (102, 0.02)):
+        for lr in (0.01, 0.05):
+            for heads in (1, 3):
+                good = 0.9 if (lr, heads) == (0.05, 3) else 0.7
+                # the last five rounds decide; the early rounds favour another setting
+                val = [0.99] * 3 + [good + bump] * 5
+                write_run(root, f"fedper_lr{lr}_h{heads}_s{seed}", val, seed=seed,
+                          learning_rate=lr, model__num_head_layers=heads)  # fmt: skip
+    # FedRep under a concept shift: head epochs 1 vs 10 (test accuracy says the opposite)
+    for seed in (101, 102):
+        for epochs, val, test in ((1, 0.6, 0.99), (10, 0.8, 0.1)):
+            write_run(root, f"fedrep_e{epochs}_s{seed}", [val] * 8, test=test, seed=seed,
+                      algorithm="fedrep", shift={"name": "concept"},
+                      fedrep__head_epochs=epochs)  # fmt: skip
+    return root
+
+
+def test_the_best_mean_validation_over_the_last_rounds_and_seeds_wins(search: Path):
+    chosen = choose(read_runs(search, last=5))
+    assert [entry["group"] for entry in chosen] == [
+        {"shift": "none", "algorithm": "fedper", "model.local_bn": False},
+        {"shift": "concept", "algorithm": "fedrep", "model.local_bn": False},
+    ]
+    fedper, fedrep = chosen
+    setting, score, seeds = fedper["chosen"]
+    assert setting == {"learning_rate": 0.05, "model.num_head_layers": 3}
+    assert score == pytest.approx(0.91) and seeds == 2
+    assert len(fedper["settings"]) == 4
+    # only validation counts: the setting with the better test accuracy loses
+    assert fedrep["chosen"][0] == {"fedrep.head_epochs": 10}
+    # with the whole curve, the early rounds would have changed the mean, not the winner here
+    assert choose(read_runs(search, last=8))[0]["chosen"][0] == setting
+
+
+def test_the_printed_config_runs_each_group_with_its_choice(search: Path, capsys):
+    assert main([str(search)]) == 0
+    out, err = capsys.readouterr()
+    assert "* 0.9100  learning_rate=0.05 model.num_head_layers=3  (2 seed(s))" in err
+    grids = yaml.safe_load(out)["hydra"]["sweeper"]["grids"]
+    jobs = expand_jobs({}, grids, [], seeds=5, first_seed=42)
+    assert len(jobs) == 2 * 5
+    assert jobs[0][:5] == ["shift=none", "algorithm=fedper", "model.local_bn=False",
+                           "learning_rate=0.05", "model.num_head_layers=3"]  # fmt: skip
+    assert "fedrep.head_epochs=10" in jobs[5] and "shift=concept" in jobs[5]
+
+
+def test_an_unfinished_or_missing_search_is_refused_in_one_line(tmp_path: Path, capsys):
+    assert main([str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith("run the search sweep first")
+    write_run(tmp_path / "runs", "a", [0.5] * 8, rounds=6)
+    assert main([str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedper: error: ") and "has 6 of 8 rounds: finish the search" in err
+    assert "\n" not in err
+
+
+def test_settings_run_on_different_numbers_of_seeds_are_refused(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, "a101", [0.5] * 5, seed=101, learning_rate=0.01)
+    write_run(root, "a102", [0.5] * 5, seed=102, learning_rate=0.01)
+    write_run(root, "b101", [0.9] * 5, seed=101, learning_rate=0.05)
+    with pytest.raises(Exception, match=r"different numbers of seeds \(\[1, 2\]\)"):
+        choose(read_runs(root, last=5))
