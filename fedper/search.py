@@ -3,12 +3,13 @@
     python -m fedper.search docs/results/search/runs/shift > conf/figure/chosen/family_shift.yaml
 
 Runs are grouped by what a comparison holds fixed (by default the shift, the algorithm and
-`model.local_bn`); within a group, a setting is the values of the searched keys (learning rate
-and each algorithm's own knob). The rule: the setting with the highest validation accuracy
-averaged over the last `--last` rounds, averaged over the search's seeds (its partitions).
-Ties go to the setting whose run folder sorts first. Test accuracy is never read. The
-table goes to stderr; stdout is the config (`hydra.sweeper.grids`) that runs each group once
-with its chosen setting, for the figure sweep that reports them.
+`model.local_bn`); within a group, a setting is the run's values of the searched keys that its
+algorithm uses (learning rate, head layers, local, head and fine-tune epochs). The rule: the
+setting with the highest validation accuracy averaged over the last `--last` rounds, averaged
+over the search's seeds (its partitions); ties go to the setting whose run folder sorts
+first. Test accuracy is never read. The table goes to stderr; stdout is the config
+(`hydra.sweeper.grids`) that runs each group once with its chosen setting, for the figure
+sweep that reports them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def read_runs(root: Path, last: int) -> list[dict]:
                 f"{path.parent} has {len(rounds)} of {config['num_rounds']} rounds: finish the "
                 "search sweep (the same command continues it) before choosing"
             )
-        runs.append({"config": config, "score": validation_score(rounds, last), "path": path})
+        score = validation_score(rounds, last)
+        unused = results.get("unused_settings", [])
+        runs.append({"config": config, "score": score, "unused": unused, "path": path})
     if not runs:
         raise SearchError(f"no results.json under {root}: run the search sweep first")
     return runs
@@ -69,23 +72,22 @@ def read_runs(root: Path, last: int) -> list[dict]:
 def choose(runs: list[dict], group_keys=GROUP_KEYS, setting_keys=SETTING_KEYS) -> list[dict]:
     """Per group, every setting's mean score over seeds and the chosen one (highest mean).
 
-    Returns one entry per group, in the order groups first appear: `group` (key -> value),
-    `settings` (list of (setting dict, mean score, number of seeds)) and `chosen`.
+    A run's setting is its value of each of `setting_keys` that its algorithm and model use
+    (results.json's `unused_settings` names the others), so the chosen setting runs again
+    exactly as searched. Returns one entry per group, in the order groups first appear:
+    `group` (key -> value), `settings` (list of (setting, mean score, seeds)) and `chosen`.
     """
     scores: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        group = tuple(setting_value(run["config"], key) for key in group_keys)
-        setting = tuple(setting_value(run["config"], key) for key in setting_keys)
+        config, unused = run["config"], set(run.get("unused", ()))
+        group = tuple(setting_value(config, key) for key in group_keys)
+        setting = tuple(
+            (key, setting_value(config, key)) for key in setting_keys if key not in unused
+        )
         scores[group][setting].append(run["score"])
     chosen = []
     for group, settings in scores.items():
-        varying = [i for i in range(len(setting_keys)) if len({s[i] for s in settings}) > 1] or [
-            0
-        ]  # a group searched on one setting still names its learning rate
-        rows = [
-            ({setting_keys[i]: setting[i] for i in varying}, mean(values), len(values))
-            for setting, values in settings.items()
-        ]
+        rows = [(dict(setting), mean(values), len(values)) for setting, values in settings.items()]
         seeds = {n for _, _, n in rows}
         if len(seeds) > 1:
             raise SearchError(

@@ -29,7 +29,13 @@ def write_run(root: Path, name: str, val: list[float], test: float = 0.5, rounds
     entries = [{"round": i + 1, "val_accuracy": v, "accuracy": test} for i, v in enumerate(val)]
     folder = root / name
     folder.mkdir(parents=True)
-    results = {"config": config, "rounds": entries[: rounds or len(entries)]}
+    unused = ["fedrep.head_epochs"] if config["algorithm"] != "fedrep" else []
+    unused.append("finetune_epochs")
+    results = {
+        "config": config,
+        "rounds": entries[: rounds or len(entries)],
+        "unused_settings": unused,
+    }
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -62,11 +68,12 @@ def test_the_best_mean_validation_over_the_last_rounds_and_seeds_wins(search: Pa
     ]
     fedper, fedrep = chosen
     setting, score, seeds = fedper["chosen"]
-    assert setting == {"learning_rate": 0.05, "model.num_head_layers": 3}
+    # every searched key the run uses, so the choice runs again exactly as searched
+    assert setting == {"learning_rate": 0.05, "model.num_head_layers": 3, "num_epochs": 1}
     assert score == pytest.approx(0.91) and seeds == 2
     assert len(fedper["settings"]) == 4
     # only validation counts: the setting with the better test accuracy loses
-    assert fedrep["chosen"][0] == {"fedrep.head_epochs": 10}
+    assert fedrep["chosen"][0]["fedrep.head_epochs"] == 10
     # with the whole curve, the early rounds would have changed the mean, not the winner here
     assert choose(read_runs(search, last=8))[0]["chosen"][0] == setting
 
@@ -74,7 +81,7 @@ def test_the_best_mean_validation_over_the_last_rounds_and_seeds_wins(search: Pa
 def test_the_printed_config_runs_each_group_with_its_choice(search: Path, capsys):
     assert main([str(search)]) == 0
     out, err = capsys.readouterr()
-    assert "* 0.9100  learning_rate=0.05 model.num_head_layers=3  (2 seed(s))" in err
+    assert "* 0.9100  learning_rate=0.05 model.num_head_layers=3 num_epochs=1  (2 seed(s))" in err
     grids = yaml.safe_load(out)["hydra"]["sweeper"]["grids"]
     jobs = expand_jobs({}, grids, [], seeds=5, first_seed=42)
     assert len(jobs) == 2 * 5
