@@ -131,7 +131,7 @@ def test_every_node_derives_the_same_shifts_and_the_fingerprint_covers_them(tmp_
         (["shift=concept", "shift.groups=0"], "shift.groups=0 is out of range for shift=concept: use a whole number in 1-10 (at most dataset.total_classes=10)"),
         (["shift=concept", "shift.groups=11"], "shift.groups=11 is out of range for shift=concept: use a whole number in 1-10 (at most dataset.total_classes=10)"),
         (["shift=feature", "shift.groups=9"], "shift.groups=9 is out of range for shift=feature: use a whole number in 1-8 (at most num_clients=8)"),
-        (["shift=feature", "shift.groups=2"], "shift.rotations=[0, 90, 180, 270] must be a list of 2 numbers, one per group (shift.groups=2)"),
+        (["shift=feature", "shift.groups=2"], "shift.rotations=[0, 0, 0, 0] must be a list of 2 numbers, one per group (shift.groups=2)"),
         (["shift=feature", "shift.rotations=abc"], "shift.rotations=abc must be a list of 4 numbers, one per group (shift.groups=4)"),
         (["shift=feature", "shift.contrasts=[1,0,1,1]"], "shift.contrasts=[1.0, 0.0, 1.0, 1.0] has 0.0: use numbers in [-1, 1] other than 0 (1 = unchanged, -1 = inverted, 0.5 = half contrast)"),
         (["shift=feature", "shift.contrasts=[1,2,1,1]"], "shift.contrasts=[1.0, 2.0, 1.0, 1.0] has 2.0: use numbers in [-1, 1] other than 0 (1 = unchanged, -1 = inverted, 0.5 = half contrast)"),

@@ -15,6 +15,8 @@ from fedper.figures import expand_jobs
 VARIANTS = {("fedper", "False"), ("fedper", "True"), ("fedavg", "False"), ("fedavg_ft", "False"),
             ("local", "False"), ("fedrep", "False"), ("lg_fedavg", "False"), ("fedbn", "False")}  # fmt: skip
 SHIFTS = {"none", "feature", "concept"}
+# each shift alone: label skew (the paper's split), feature or concept shift on IID labels
+PARTITION_OF = {"none": "pathological", "feature": "iid", "concept": "iid"}
 
 
 def sweep_jobs(figure: str) -> tuple[list[dict[str, str]], list]:
@@ -46,6 +48,7 @@ def test_the_search_gives_every_algorithm_the_same_budget_on_unreported_seeds():
     assert {v for v, _, _ in budget} == VARIANTS
     assert {s for _, s, _ in budget} == SHIFTS
     assert {seed for _, _, seed in budget} == {"101", "102"}
+    assert all(job["partition"] == PARTITION_OF[job["shift"]] for job in jobs)
     # FedRep keeps its paper's head (the classifier) and searches its head epochs up to 10
     fedrep = [job for job in jobs if job["algorithm"] == "fedrep"]
     assert {job["model.num_head_layers"] for job in fedrep} == {"1"}
@@ -61,6 +64,7 @@ def test_the_family_runs_every_searched_group_once_per_reported_seed():
     assert set(groups) == {(v, s) for v in VARIANTS for s in SHIFTS}
     assert set(groups.values()) == {5}
     assert {job["seed"] for job in family} == {"42", "43", "44", "45", "46"}
+    assert all(job["partition"] == PARTITION_OF[job["shift"]] for job in family)
     search, _ = sweep_jobs("search_shift")
     assert not {job["seed"] for job in family} & {job["seed"] for job in search}
     # every family run sets the keys the search varies, so the chosen values are what runs
