@@ -251,9 +251,17 @@ class ClientWorker:
         }
 
     def train_only(
-        self, model: ModelSplit, data: ClientData, part: str, epochs: int, generator
+        self,
+        model: ModelSplit,
+        data: ClientData,
+        part: str,
+        epochs: int,
+        generator,
+        freeze_statistics: bool = True,
     ) -> dict[str, float]:
-        """Train one part with the other frozen, BatchNorm statistics of the frozen one included."""
+        """Train one part with the other's weights frozen; with `freeze_statistics` the other's
+        BatchNorm layers stay in eval mode too (running statistics used and kept), else they
+        normalize with batch statistics and update their running ones, as in training."""
         other = "base" if part == "head" else "head"
         model.freeze(other)
         try:
@@ -266,7 +274,7 @@ class ClientWorker:
                 settings,
                 generator,
                 parameters=list(getattr(model, part).parameters()),
-                frozen=getattr(model, other),
+                frozen=getattr(model, other) if freeze_statistics else None,
             )
         finally:
             model.unfreeze()
@@ -275,13 +283,21 @@ class ClientWorker:
         self, model: ModelSplit, data: ClientData, cid: int, round_num: int
     ) -> dict[str, float]:
         """FedRep's local update: the head first (`fedrep.head_epochs`, base frozen), then
-        the base (`num_epochs`, head frozen); the loss reported is the base phase's."""
+        the base (`num_epochs`, head frozen); the loss reported is the base phase's.
+
+        Only weights are frozen, as in FedRep's reference code: the whole model stays in
+        training mode, so BatchNorm layers normalize with batch statistics in both phases. A
+        frozen part in eval mode normalizes with running statistics that lag behind the part
+        being trained, and training diverged that way (losses above 100 at 10 head epochs).
+        """
         head_epochs = int(self.cfg.fedrep.head_epochs)
         if head_epochs > 0:
-            self.train_only(model, data, "head", head_epochs, self.generator(cid, round_num, 2))
+            self.train_only(model, data, "head", head_epochs, self.generator(cid, round_num, 2),
+                            freeze_statistics=False)  # fmt: skip
         return self.train_only(
-            model, data, "base", self.cfg.num_epochs, self.generator(cid, round_num, phase=0)
-        )
+            model, data, "base", self.cfg.num_epochs, self.generator(cid, round_num, phase=0),
+            freeze_statistics=False,
+        )  # fmt: skip
 
     def finetune_head(self, model: ModelSplit, data: ClientData, cid: int, round_num: int) -> None:
         """FedAvg-FT: adapt the received head to the client's training data, base frozen.
