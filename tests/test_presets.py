@@ -4,12 +4,13 @@ the paper's figure sweeps; the CPU-scale presets keep their validation split."""
 from __future__ import annotations
 
 import pytest
-from conftest import CONF_DIR, make_config
+from helpers import make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedper.config import validate_config
-from fedper.figures import expand_jobs
+from fedper import CONF_DIR
+from fedper.sweeps import expand_jobs
+from fedper.validation import validate_config
 
 # The paper (Arivazhagan et al. 2019) and the public baseline (Flower's baselines/fedper:
 # conf/*.yaml, client.py's transforms, dataset_preparation.py), written out here so that a

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedper.figures import expand_jobs
 from fedper.search import choose, main, read_runs
+from fedper.sweeps import expand_jobs
 
 
 def write_run(root: Path, name: str, val: list[float], test: float = 0.5, rounds=None, **keys):

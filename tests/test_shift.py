@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config
+from helpers import make_config
 
-from fedper.config import validate_config
 from fedper.data import load_client_data, prepare_dataset
 from fedper.data.shift import MID_GRAY, ShiftSettings, client_groups, group_label_maps
 from fedper.errors import ConfigError
+from fedper.validation import validate_config
 
 DIGITS = ["dataset=digits", "num_clients=8", "clients_per_round=8", "dataset.val_fraction=0.2"]
 FEATURE = ["shift=feature", "shift.groups=4", "shift.rotations=[0,90,180,270]",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedper.config import validate_config
-from fedper.figures import expand_jobs
+from fedper import CONF_DIR
+from fedper.sweeps import expand_jobs
+from fedper.validation import validate_config
 
 VARIANTS = {("fedper", "False"), ("fedper", "True"), ("fedavg", "False"), ("fedavg_ft", "False"),
             ("local", "False"), ("fedrep", "False"), ("lg_fedavg", "False"), ("fedbn", "False")}  # fmt: skip
