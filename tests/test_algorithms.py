@@ -88,7 +88,7 @@ def test_fedrep_trains_the_head_first_with_the_base_frozen_then_the_base(tmp_pat
     def recording(model_, images, labels, transform, settings, generator, parameters, frozen):
         trained = {id(p) for p in parameters}
         part = "head" if trained == {id(p) for p in model.head.parameters()} else "base"
-        assert frozen is (model.base if part == "head" else model.head)
+        assert frozen is None  # weights frozen only: BatchNorm keeps batch statistics
         calls.append((part, settings.epochs))
         return real_train(
             model_, images, labels, transform, settings, generator, parameters, frozen
@@ -104,16 +104,20 @@ def test_fedrep_trains_the_head_first_with_the_base_frozen_then_the_base(tmp_pat
     assert any(k.startswith("head.") for k in changed) and any(
         k.startswith("base.") for k in changed
     )
+    # both phases train in training mode: every BatchNorm's running statistics moved
+    stats = {k for k in before if k.endswith("running_mean")}
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
 
 
-def test_fedrep_without_head_epochs_leaves_the_head_untouched(tmp_path):
+def test_fedrep_without_head_epochs_leaves_the_head_weights_untouched(tmp_path):
     plan = plan_local(tmp_path, ["algorithm=fedrep", "fedrep.head_epochs=0"])
     worker = worker_for(plan.spec, NodePaths.of(plan.spec, {}))
     shared = build_model(plan.spec.cfg, seed=42).state_of(worker.shared_keys)
     worker.train(0, 1, shared)
     saved = newest_head(worker.store, 0, before_round=2)
     initial = worker.initial
-    head = [k for k in saved if k.startswith("head.")]
+    weights = {name for name, _ in worker.model.named_parameters()}
+    head = [k for k in saved if k.startswith("head.") and k in weights]
     assert head and all(torch.equal(saved[k], initial[k]) for k in head)
 
 
