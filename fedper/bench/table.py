@@ -62,9 +62,16 @@ def format_table(report: dict) -> str:
             f"  {prep['client_images']} images from a {prep['pool_images']}-image pool: "
             f"median {prep['median_ms']:.2f} ms (read from disk: {prep['cold_median_ms']:.1f} ms)"
         )
+    lines += ["", *resource_lines(report)]
+    if report.get("gpu_check"):
+        lines += ["", *gpu_lines(report["gpu_check"])]
+    return "\n".join(lines)
+
+
+def resource_lines(report: dict) -> list[str]:
+    """Peak memory by process, CPU seconds by process, and the targets."""
     memory, cpu = report["memory"], report["cpu_seconds_by_process"]
-    lines += [
-        "",
+    return [
         f"peak memory, federated run, all {memory['peak_processes']} processes: "
         f"{memory['peak_all_processes_bytes'] / 1e9:.2f} GB summed RSS (Ray's own processes "
         f"{memory['ray_helpers_rss_bytes'] / 1e9:.2f} GB), "
@@ -78,9 +85,6 @@ def format_table(report: dict) -> str:
         + ", ".join(f"{k} {v:.1f}" for k, v in cpu["plain"].items()),
         "targets: " + ", ".join(f"{k} {v}" for k, v in report["targets"].items()),
     ]
-    if report.get("gpu_check"):
-        lines += ["", *gpu_lines(report["gpu_check"])]
-    return "\n".join(lines)
 
 
 def gpu_lines(check: dict) -> list[str]:
