@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import ListConfig
 
+from fedper.config_keys import nearest
 from fedper.errors import ConfigError
 
 
@@ -66,7 +67,13 @@ def check_bool(key: str, value) -> None:
 
 
 def check_choice(key: str, value, choices) -> None:
-    check(value in choices, f"{key}={show(value)} is unknown: use one of {', '.join(map(show, choices))}")  # fmt: skip
+    """One of `choices`, or an error naming the nearest one and all of them."""
+    if value in choices:
+        return
+    names = [show(c) for c in choices]
+    close = nearest(show(value), names)
+    hint = f" (did you mean {key}={close}?)" if close else ""
+    raise ConfigError(f"{key}={show(value)} is unknown: use one of {', '.join(names)}{hint}")
 
 
 def check_folder(key: str, value, must_create: bool = True) -> None:

@@ -12,15 +12,18 @@ from hydra import compose, initialize_config_dir
 
 from fedper import CONF_DIR
 from fedper.errors import FedPerError, exit_with_error
-from fedper.experiment import run_experiment
+from fedper.main import check_settings, check_start
+from fedper.preflight import check_overrides
+from fedper.usage import render
 
 ALGORITHMS = ("fedper", "fedavg")
+PRESET = "digits_demo"
 
 
 def demo_config(algorithm: str, overrides: list[str]):
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         return compose(
-            "base", overrides=["experiment=digits_demo", f"algorithm={algorithm}", *overrides]
+            "base", overrides=[f"experiment={PRESET}", f"algorithm={algorithm}", *overrides]
         )
 
 
@@ -61,6 +64,18 @@ def cell(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run both algorithms with the digits_demo preset; extra arguments are Hydra overrides."""
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(overrides):
+        rest = [o for o in overrides if o not in ("-h", "--help")]
+        print(render("demo", demo_config(ALGORITHMS[0], rest)), end="")
+        return 0
+    try:  # a bad override is refused before torch is imported
+        check_overrides(
+            [f"experiment={PRESET}", *overrides], "base", False, (check_settings, check_start)
+        )
+    except FedPerError as error:
+        exit_with_error("fedper.demo", error)
+    from fedper.experiment import run_experiment
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path("outputs") / "demo" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}"
     results, seconds = {}, {}

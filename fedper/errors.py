@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -41,7 +42,12 @@ def exit_with_error(program: str, error: FedPerError) -> NoReturn:
     interpreter would wait for them at exit, forever: leave without joining them. Every caller
     reaches here after Ray is shut down and every file is committed and closed.
     """
-    print(f"{program}: error: {error}", file=sys.stderr)
+    line = f"{program}: error: {error}"
+    for handler in logging.getLogger().handlers:  # the run's log file (Hydra's main.log)
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR}))
+            handler.flush()
+    print(line, file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(2)

@@ -1,16 +1,13 @@
 """Every config key checked before any data or Ray work, each in one line naming the key and
-what would work: known keys only, types (a bool is not a number), ranges, folders."""
+what would work: known keys only, types (a bool is not a number), ranges, folders. The checks
+that need no torch (`check_settings`) run before the registries that import it are loaded."""
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedper import CONF_DIR
-from fedper.algorithms import ALGORITHMS
 from fedper.checks import (
     check,
     check_bool,
@@ -22,72 +19,20 @@ from fedper.checks import (
     is_number,
     show,
 )
+from fedper.config_keys import check_known_keys
 from fedper.data import DATASETS, check_dataset_settings
-from fedper.device import check_performance, resolve_device, resolve_num_gpus
-from fedper.models import MODELS
-
-# sections a tool adds to its own preset and checks itself (fedper.bench: conf/bench.yaml)
-TOOL_SECTIONS = ("bench",)
-
-
-@lru_cache(maxsize=32)
-def _leaf_keys(path: Path) -> frozenset[str]:
-    return frozenset(leaf_keys(OmegaConf.to_container(OmegaConf.load(path))))
-
-
-def leaf_keys(tree, prefix: str = "") -> set[str]:
-    """Dotted paths of a config's values ({"a": {"b": 1}} -> {"a.b"})."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix.rstrip(".")} if prefix else set()
-    out: set[str] = set()
-    for key, value in tree.items():
-        if key != "defaults":
-            out |= leaf_keys(value, f"{prefix}{key}.")
-    return out
-
-
-def known_keys(cfg: DictConfig) -> set[str]:
-    """The keys conf/ defines: the presets' outside config groups, and in each group (dataset,
-    engine, ...) those of the chosen option (all options' when the choice has no file)."""
-    groups = [d for d in CONF_DIR.iterdir() if d.is_dir()]
-    known: set[str] = set()
-    for preset in CONF_DIR.glob("*.yaml"):
-        known |= {k for k in _leaf_keys(preset) if k.split(".")[0] not in {g.name for g in groups}}
-    for group in groups:
-        chosen = cfg.get(group.name)
-        name = chosen.get("name") if isinstance(chosen, DictConfig) else None
-        options = [group / f"{name}.yaml"] if name else []
-        if not any(o.is_file() for o in options):
-            options = sorted(group.glob("*.yaml"))
-        for option in options:
-            known |= {f"{group.name}.{key}" for key in _leaf_keys(option)}
-    return known
-
-
-def check_known_keys(cfg: DictConfig) -> None:
-    """`+key=value` with a key fedper does not know is a typo, not a setting."""
-    given = leaf_keys(OmegaConf.to_container(cfg, resolve=False))
-    known = known_keys(cfg)
-    unknown = sorted(
-        key
-        for key in given
-        if key not in known
-        and not any(key.startswith(f"{k}.") for k in known)  # a value set to a list or dict
-        and key.split(".")[0] not in TOOL_SECTIONS
-    )
-    check(
-        not unknown,
-        f"{', '.join(unknown[:3])} is not a fedper setting: check the spelling (the settings "
-        "are in conf/base.yaml and conf/<group>/)",
-    )
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work: the
     generic checks here, the chosen algorithm's, model's, dataset's and partition's in their
     registry entries (the engine's: fedper.engines, where the engines are)."""
-    check_choice("algorithm", cfg.algorithm, list(ALGORITHMS))
-    check_choice("model_name", cfg.model_name, list(MODELS))
+    check_settings(cfg)
+    check_entries(cfg)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The checks that need no torch: fedper.preflight runs them before torch is imported."""
     check_choice("dataset", cfg.dataset.name, list(DATASETS))
     check_known_keys(cfg)
     check_whole("seed", cfg.seed, 0)
@@ -102,22 +47,16 @@ def validate_config(cfg: DictConfig) -> None:
                 f" for num_clients={cfg.num_clients}")  # fmt: skip
     check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
                 f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
-    ALGORITHMS[cfg.algorithm].check(cfg)
-    MODELS[cfg.model_name].check(cfg)
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))
     validate_dataset(cfg)
-    check_performance(cfg)  # the device module's switches
-    for key in ("server_device", "client_device"):
-        resolve_device(cfg[key], key)
     cpus = cfg.client_resources.num_cpus
     check(
         is_number(cpus) and 0 < cpus <= (os.cpu_count() or 1),
         f"client_resources.num_cpus={show(cpus)} is out of range: use a number > 0 and at most "
         f"this machine's {os.cpu_count()} CPUs",
     )
-    resolve_num_gpus(cfg.client_resources.num_gpus)
     validate_engine(cfg)
     check_folder("data_dir", cfg.data_dir)
     # not created here: where heads live is the engine's to say (a SuperNode has its own)
@@ -128,6 +67,22 @@ def validate_config(cfg: DictConfig) -> None:
     # the dataset's and the partition's own keys (their registry entries), before any data
     # is read; whether the data can feed `num_clients` is checked by `prepare_dataset`
     check_dataset_settings(cfg)
+
+
+def check_entries(cfg: DictConfig) -> None:
+    """The chosen algorithm's and model's checks and the devices' (these import torch)."""
+    from fedper.algorithms import ALGORITHMS
+    from fedper.device import check_performance, resolve_device, resolve_num_gpus
+    from fedper.models import MODELS
+
+    check_choice("algorithm", cfg.algorithm, list(ALGORITHMS))
+    check_choice("model_name", cfg.model_name, list(MODELS))
+    ALGORITHMS[cfg.algorithm].check(cfg)
+    MODELS[cfg.model_name].check(cfg)
+    check_performance(cfg)  # the device module's switches
+    for key in ("server_device", "client_device"):
+        resolve_device(cfg[key], key)
+    resolve_num_gpus(cfg.client_resources.num_gpus)
 
 
 def validate_dataset(cfg: DictConfig) -> None:

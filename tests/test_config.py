@@ -39,11 +39,11 @@ from fedper.validation import validate_config
         ("faults.fail_phase=fit", "faults.fail_phase=fit is unknown: use one of train, evaluate"),
         ("faults.fail_client=10", "faults.fail_client=10 is out of range for num_clients=10: use 0-9"),
         ("engine.reply_timeout=0", "engine.reply_timeout=0 is out of range: use a number of seconds > 0"),
-        ("algorithm=fedprox", "algorithm=fedprox is unknown: use one of fedper, fedavg, fedavg_ft, local, fedrep, lg_fedavg, fedbn"),
+        ("algorithm=fedprox", "algorithm=fedprox is unknown: use one of fedper, fedavg, fedavg_ft, local, fedrep, lg_fedavg, fedbn (did you mean algorithm=fedper?)"),
         ("model_name=vgg", "model_name=vgg is unknown: use one of mobile, resnet"),
-        ("+num_round=5", "num_round is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
-        ("+dataset.size=5", "dataset.size is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
-        ("+model.depth=5", "model.depth is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
+        ("+num_round=5", "num_round is not a fedper setting: did you mean num_rounds=5? (every setting: python -m fedper.main --help, or conf/base.yaml)"),
+        ("+dataset.size=5", "dataset.size is not a setting of the chosen dataset: only dataset=synthetic has it"),
+        ("+model.depth=5", "model.depth is not a fedper setting (every setting: python -m fedper.main --help, or conf/base.yaml)"),
     ],
 )  # fmt: skip
 def test_each_bad_value_is_named_with_what_would_work(override, message):
@@ -139,24 +139,27 @@ def test_cuda_requested_without_cuda_is_an_error_not_a_fallback():
     [
         ("model.num_head_layers=9", "model.num_head_layers=9 is out of range for model_name=mobile: use 1-4"),
         ("num_rounds=true", "num_rounds=true is not a whole number: use a whole number >= 1"),
-        ("+learning_rte=0.1", "learning_rte is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
+        ("+learning_rte=0.1", "learning_rte is not a fedper setting: did you mean learning_rate=0.1? (every setting: python -m fedper.main --help, or conf/base.yaml)"),
     ],
 )  # fmt: skip
-def test_command_line_error_is_one_line_without_traceback_and_before_ray(tmp_path, override, line):
+def test_command_line_error_is_one_line_before_ray_and_leaves_no_folder(tmp_path, override, line):
     result = run_main(tmp_path, ["dataset=digits", *TINY, override], tmp_path / "run")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == [f"fedper: error: {line}"]
     assert not (tmp_path / "client_states").exists() and not (tmp_path / "datasets").exists()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "main.log"]
+    assert list(tmp_path.iterdir()) == []  # not even Hydra's run folder
 
 
 @pytest.mark.slow
-def test_missing_dataset_is_one_line_naming_the_offline_option(tmp_path):
+def test_missing_dataset_is_one_line_naming_the_archive_and_in_the_log(tmp_path):
     result = run_main(tmp_path, [*TINY, "dataset.download=false"], tmp_path / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "dataset=digits" in result.stderr and "cifar10 not found" in result.stderr
+    archive = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert archive in result.stderr
+    assert f"{archive} and extract" in (tmp_path / "run" / "main.log").read_text()
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedper.bench.settings import BenchSettings
+from fedper import usage  # noqa: F401  (registers the resolvers --help's template reads)
 from fedper.errors import FedPerError, exit_with_error
+from fedper.preflight import check_command_line
 
 
 def run(cfg: DictConfig, run_dir: str) -> str:
     """Run the configured mode; return what the console shows."""
+    from fedper.bench.settings import BenchSettings
+
     settings = BenchSettings.from_config(cfg)
     if settings.mode == "deployment":
         from fedper.bench.deployment import format_deployment, run_deployment_bench
@@ -38,4 +43,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:], "bench", program="fedper.bench")
     main()

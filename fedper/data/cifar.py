@@ -24,6 +24,11 @@ LAYOUTS = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }
 ROW_BYTES = 3 * 32 * 32
+# the archives of the python versions, as their authors publish them
+ARCHIVE_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
 
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
@@ -125,8 +130,8 @@ def locate_batches(name: str, root: Path, allow_download: bool) -> list[Path]:
     if missing:
         raise DatasetNotFoundError(
             f"{name} not found: expected the python batches in {root / folder}/ "
-            f"(missing {missing[0].name}){reason}; download the python version of {name} "
-            f"and extract it into {root}/, or run offline with dataset=digits"
+            f"(missing {missing[0].name}){reason}; download {ARCHIVE_URLS[name]} and extract "
+            f"it into {root}/, or run offline with dataset=digits"
         )
     return files
 
