@@ -21,6 +21,7 @@ from pathlib import Path
 from fedper.atomic import TMP_SUFFIX, storage_error, write_text_atomic
 from fedper.checkpoint import CHECKPOINT
 from fedper.errors import FedPerError, StateFileError
+from fedper.trackers import TRACKERS_DIR
 
 RUN_ID_FILE = "run_id"
 CONFIG_FILE = "run_config.json"
@@ -28,7 +29,15 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "results.png"
 LOCK_FILE = ".run.lock"
-RUN_FILES = {RUN_ID_FILE, CONFIG_FILE, RESULTS_JSON, RESULTS_CSV, RESULTS_PNG, CHECKPOINT}
+RUN_FILES = {
+    RUN_ID_FILE,
+    CONFIG_FILE,
+    RESULTS_JSON,
+    RESULTS_CSV,
+    RESULTS_PNG,
+    CHECKPOINT,
+    TRACKERS_DIR,
+}
 HYDRA_FILES = {".hydra", "main.log"}  # Hydra writes them before fedper runs; fedper's here
 CHECKSUM_KEY = "sha256"
 # what `fedper.spec.new_run_id` makes; the run id names a folder under state_dir

@@ -28,6 +28,7 @@ from fedper.results import client_metrics, record_bytes, round_entry
 from fedper.rundir import RunLock
 from fedper.spec import FATAL, SPEC_KEY, RunPlan
 from fedper.strategy import FedPerStrategy
+from fedper.trackers import RunTrackers
 
 log = logging.getLogger("fedper")
 app = ServerApp()
@@ -177,6 +178,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
     if checkpoint is not None:
         strategy.restore_head_rounds(checkpoint.results["rounds"])
+    trackers = RunTrackers.open(spec, results.rounds)  # logger=...: each committed round
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
@@ -212,6 +214,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         previous_done = evaluated_at
         results.commit(entry, arrays)
         log_round(entry, cfg.num_rounds)
+        trackers.log_round(results.rounds[-1])
+    trackers.close()
     return results
 
 

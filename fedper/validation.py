@@ -21,6 +21,7 @@ from fedper.checks import (
 )
 from fedper.config_keys import check_known_keys
 from fedper.data import DATASETS, check_dataset_settings
+from fedper.trackers import check_trackers
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -64,6 +65,7 @@ def check_settings(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     check(resume is None or isinstance(resume, str), f"resume={show(resume)} is not a run directory: use resume=<dir>")  # fmt: skip
     validate_faults(cfg)
+    check_trackers(cfg)  # logger=...: each chosen tracker's package is installed
     # the dataset's and the partition's own keys (their registry entries), before any data
     # is read; whether the data can feed `num_clients` is checked by `prepare_dataset`
     check_dataset_settings(cfg)
