@@ -56,7 +56,8 @@ def known_keys(cfg: DictConfig) -> set[str]:
         if not any(o.is_file() for o in options):
             options = sorted(group.glob("*.yaml"))
         for option in options:
-            known |= {f"{group.name}.{key}" for key in _leaf_keys(option)}
+            keys = _leaf_keys(option)
+            known |= {f"{group.name}.{key}" for key in keys} if keys else {group.name}
     return known
 
 

@@ -99,6 +99,8 @@ def test_every_preset_and_dataset_passes():
         validate_config(make_config([f"dataset={dataset}"]))
     validate_config(make_config(["experiment=digits_demo"]))
     validate_config(make_config(["engine=ray", "engine.address=127.0.0.1:6379"]))
+    for logger in ("none", "csv", "[csv,tensorboard]"):  # none: an option without keys
+        validate_config(make_config([f"logger={logger}"]))
 
 
 def test_defaults_follow_the_public_baseline():
