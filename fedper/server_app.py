@@ -24,6 +24,7 @@ from fedper.commit import RoundCommit
 from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
 from fedper.models import build_model
 from fedper.planning import config_from_run_config, plan_run
+from fedper.progress import RunProgress
 from fedper.results import client_metrics, record_bytes, round_entry
 from fedper.rundir import RunLock
 from fedper.spec import FATAL, SPEC_KEY, RunPlan
@@ -179,6 +180,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     if checkpoint is not None:
         strategy.restore_head_rounds(checkpoint.results["rounds"])
     trackers = RunTrackers.open(spec, results.rounds)  # logger=...: each committed round
+    progress = RunProgress(cfg.num_rounds, first_round)  # a live bar in a terminal
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
@@ -213,8 +215,10 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         del train_replies, eval_replies  # every reply holds a client's shared arrays
         previous_done = evaluated_at
         results.commit(entry, arrays)
-        log_round(entry, cfg.num_rounds)
+        log_round(entry, cfg.num_rounds, progress.note(round_num))
+        progress.advance(round_num, entry.get("accuracy"))
         trackers.log_round(results.rounds[-1])
+    progress.close()
     trackers.close()
     return results
 
@@ -230,14 +234,14 @@ def starting_point(cfg, checkpoint: Checkpoint | None, run_dir: str) -> tuple[in
     return 1, model.state_of(ALGORITHMS[cfg.algorithm].shared_keys(model, local_bn))
 
 
-def log_round(entry: dict, num_rounds: int) -> None:
+def log_round(entry: dict, num_rounds: int, progress: str = "") -> None:
     failures = entry["failures"]
     val = entry.get("val_accuracy")
     log.info(
-        "round %d/%d  accuracy %.3f (min %.3f)%s  loss %.3f  %.1f s%s",
+        "round %d/%d  accuracy %.3f (min %.3f)%s  loss %.3f  %.1f s  %s%s",
         entry["round"], num_rounds, entry["accuracy"], entry["accuracy_min"],
         f"  val {val:.3f}" if isinstance(val, float) and val == val else "",
-        entry["loss"], entry["seconds"],
+        entry["loss"], entry["seconds"], progress,
         f"  PARTIAL: {len(failures)} client failure(s), {entry['clients_ok']} of "
         f"{entry['clients_expected']} evaluated" if entry.get("partial") else "",
     )  # fmt: skip

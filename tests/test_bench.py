@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -60,6 +61,10 @@ def test_bench_runs_end_to_end_and_writes_bench_json(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ratio federated / plain" in done.stdout
+    output = done.stdout + done.stderr
+    for number in (1, 2, 3):  # the benchmark says which phase it is in
+        assert f"phase {number} of 3: " in output and f"phase {number} of 3 done in " in output
+    assert re.search(r"plain loop: round 1/\d+ .* elapsed \d+:\d\d, ETA ", output)
     assert "Ray actors (counted as Flower counts them): 2" in done.stdout
 
     report = json.loads((run_dir / "bench.json").read_text())

@@ -1,6 +1,7 @@
 """`python -m fedper.main` end to end through Ray on the offline digits dataset."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -56,6 +57,8 @@ def test_csv_png_and_console_line_per_round(fedper_run):
     assert (run_dir / "results.png").stat().st_size > 1000
     output = result.stdout + result.stderr
     assert "round 1/2  accuracy" in output and "round 2/2  accuracy" in output
+    assert re.search(r"round 2/2  accuracy .* elapsed \d+:\d\d, ETA 0:00", output)
+    assert "━" not in output  # no live bar where the output is not a terminal
     assert "INFO" not in output  # Flower's progress logs stay out of the console
     last = [line for line in output.splitlines() if line.strip()][-1]
     assert last.startswith(f"finished 2 round(s) -> {run_dir}: final accuracy 0.")
@@ -116,6 +119,9 @@ def test_multirun_jobs_keep_separate_state(tmp_path):
         ],
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "== job 1 of 2: " in output and "== job 2 of 2: " in output  # with elapsed and ETA
+    assert re.search(r"== job 2 of 2: .*\(sweep elapsed \d+:\d\d, ETA \d+:\d\d\) ==", output)
     runs = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(runs) == 2
     found = [json.loads(p.read_text()) for p in runs]

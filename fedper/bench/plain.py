@@ -7,6 +7,7 @@ kept in memory; the parent averages the shared parts as the server does.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import time
@@ -22,7 +23,10 @@ from fedper.errors import FedPerError
 from fedper.heads import MemoryHeadStore
 from fedper.models import build_model
 from fedper.node import NodePaths
+from fedper.progress import RunProgress
 from fedper.spec import RunSpec
+
+log = logging.getLogger("fedper")
 
 
 class LatestHeadStore(MemoryHeadStore):
@@ -192,6 +196,7 @@ def run_plain(spec_json: str, federated: dict, workers: int, parallel: bool) -> 
     initial = build_model(cfg, seed=cfg.seed).part_state(ALGORITHMS[cfg.algorithm].shared_parts)
     shared = {k: v.numpy() for k, v in initial.items()} or None
     rounds = []
+    progress = RunProgress(len(federated["rounds"]), 1, live=False)
     try:
         for entry in federated["rounds"]:
             round_num = entry["round"]
@@ -210,6 +215,11 @@ def run_plain(spec_json: str, federated: dict, workers: int, parallel: bool) -> 
                 aggregate=aggregated_at - trained_at,
                 evaluate_wall=ended - aggregated_at,
             )
+            total = len(federated["rounds"])
+            log.info(
+                "plain loop: round %d/%d  %.1f s  %s", len(rounds), total, ended - began,
+                progress.note(len(rounds)),
+            )  # fmt: skip
     finally:
         loop.close()
     return {

@@ -20,9 +20,11 @@ from fedper.bench.settings import BENCH_JSON, BenchSettings
 from fedper.errors import ConfigError
 from fedper.experiment import run_experiment
 from fedper.planning import plan_run
+from fedper.progress import phase
 from fedper.validation import validate_config
 
 FEDERATED_DIR = "federated"
+PHASES = 3  # what a benchmark reports while it runs: phase k of 3
 
 
 def run_benchmark(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -42,20 +44,23 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path) -> dict:
         )
     actors = num_actors(cfg)
 
-    with MemorySampler(settings.memory_interval) as federated_memory:
-        federated = run_experiment(cfg, federated_dir)
+    with phase(1, PHASES, f"the federated run: {cfg.num_rounds} rounds through Flower on Ray"):
+        with MemorySampler(settings.memory_interval) as federated_memory:
+            federated = run_experiment(cfg, federated_dir)
     memory = {**federated_memory.summary(), "driver_ru_maxrss_bytes": driver_max_rss_bytes()}
 
     spec_json = plan_run(cfg, federated_dir).spec.to_json()
-    with MemorySampler(settings.memory_interval) as plain_memory:
-        plain = run_plain(spec_json, federated, actors, settings.plain_mode == "parallel")
+    with phase(2, PHASES, f"the same clients' work in a plain loop ({settings.plain_mode})"):
+        with MemorySampler(settings.memory_interval) as plain_memory:
+            plain = run_plain(spec_json, federated, actors, settings.plain_mode == "parallel")
     memory["plain_peak_all_processes_bytes"] = plain_memory.peak_bytes
     memory["processes_started"] = {
         "federated": federated_memory.processes_started(),
         "plain": plain_memory.processes_started(),
     }
 
-    preparation = time_client_preparation(cfg, settings)
+    with phase(3, PHASES, f"data preparation, timed {settings.prep_repeats} times"):
+        preparation = time_client_preparation(cfg, settings)
     report = bench_report(cfg, settings, federated, plain, actors, memory, preparation)
     report["cpu_seconds_by_process"] = {
         "federated": federated_memory.cpu_seconds(),

@@ -20,6 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from fedper.errors import ERROR_PREFIX, FedPerError
+from fedper.progress import SWEEP_JOBS_ENV
 from fedper.sweeps import (
     check_only,
     expand_jobs,
@@ -84,6 +85,7 @@ class FigureSweeper(BasicSweeper):
             sys.exit(2)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        os.environ[SWEEP_JOBS_ENV] = str(len(jobs))  # "job k of N" (fedper.progress)
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         results: list[JobReturn] = []
         while not self.is_done():
