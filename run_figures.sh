@@ -21,8 +21,9 @@ command to continue: finished runs return at once, half-done ones resume.
   --rounds N         rounds of every run, instead of each figure's
   --jobs N           runs at once on this machine (hydra/launcher=joblib), each with its
                      own GPU, or without GPUs its share of the cores (default: 1)
-  --out DIR          output (default: docs/results/full, or docs/results/quick); runs go to
-                     DIR/runs/figureN/<overrides>/, figures and tables to DIR
+  --out DIR          output (default: outputs/figures/full, or outputs/figures/quick, in
+                     this checkout and ignored by git); runs go to DIR/runs/figureN/<overrides>/,
+                     figures and tables to DIR
   --models, --algorithms, --classes, --heads LIST
                      only these models, algorithms, classes per client or head-layer counts,
                      in the figures that sweep them
@@ -81,7 +82,8 @@ done
 command -v "$python" >/dev/null || die "--python $python: no such interpreter (set --python or \$PYTHON)"
 "$python" -c 'import hydra, omegaconf, flwr, torch' 2>/dev/null ||
 	die "--python $python: cannot import hydra, flwr and torch (run 'make install', or give the .venv's python)"
-out="${out:-$REPO_DIR/docs/results/$( ((quick)) && echo quick || echo full)}"
+# never into docs/results/: its figures and tables are the committed ones
+out="${out:-$REPO_DIR/outputs/figures/$( ((quick)) && echo quick || echo full)}"
 [[ "$out" == /* ]] || out="$PWD/$out"
 [[ "$out" != *"'"* ]] || die "--out $out: a folder name with a single quote cannot be passed to Hydra"
 ((${#only[@]} == 0)) || sweep+=("hydra.sweeper.only={$(IFS=, && echo "${only[*]}")}")

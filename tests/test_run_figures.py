@@ -203,3 +203,30 @@ def test_tiny_sweep_through_submitit_runs_draws_and_then_skips_finished_runs(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "2 runs in" in again.stdout and "2 finished (they return at once)" in again.stdout
     assert {path: path.stat().st_mtime_ns for path in results} == stamps
+
+
+def test_a_fresh_clone_reproduces_a_quick_figure_outside_the_tracked_tree(tmp_path: Path) -> None:
+    # the README's CPU reproduction, cut to one run of 2 rounds with 2 clients, in a new clone
+    # of this checkout's commit, with this environment's Python and the default output folder
+    clone = tmp_path / "clone"
+    cloned = subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], capture_output=True)
+    assert cloned.returncode == 0, cloned.stderr
+    options = ["--quick", "--figures", "2", "--models", "mobile", "--classes", "4"]
+    options += ["--algorithms", "fedper", "--rounds", "2", "--python", sys.executable]
+    overrides = ["num_clients=2", "clients_per_round=2"]
+    args = ["bash", str(clone / "run_figures.sh"), *options, "--", *overrides]
+    done = subprocess.run(
+        args, cwd=clone, capture_output=True, text=True, timeout=900, env=os.environ.copy()
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    out = clone / "outputs" / "figures" / "quick"  # the default: ignored by git
+    [result] = (out / "runs" / "figure2").glob("*/results.json")
+    run = json.loads(result.read_text())
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True)
+    # the clone's own code ran (not this checkout's), and left its tracked files as they were
+    assert run["code_version"] == {"commit": head.stdout.decode().strip(), "dirty": False}
+    assert (out / "figure2_mobile.png").stat().st_size > 1000
+    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True)
+    assert status.stdout.decode() == ""  # nothing new or changed outside ignored folders
