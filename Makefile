@@ -7,17 +7,34 @@ STAMP := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast gpu-check lint clean
+.PHONY: install lock demo test test-fast gpu-check lint clean
 
-$(STAMP): pyproject.toml
+TORCH := "torch==2.14.1" "torchvision==0.29.1"
+# Without a GPU (no nvidia-smi), torch's CPU build from PyTorch's own index; where that index
+# cannot be reached, the default build (with CUDA). TORCH_INDEX= always takes the default,
+# TORCH_INDEX=<url> another index (e.g. https://download.pytorch.org/whl/cu126).
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi),,https://download.pytorch.org/whl/cpu)
+# Every other package at the version it was tested with (requirements.lock, CPython 3.11);
+# other Pythons, or LOCK=, resolve the ranges of pyproject.toml anew.
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCK ?= $(if $(filter 3.11,$(PYTHON_VERSION)),requirements.lock)
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch and torchvision first, pinned to the CPU/CUDA wheels this machine's pip serves
-	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install --quiet torch torchvision
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --upgrade pip
+	@echo "== torch and torchvision (the largest part: see README, Install) =="
+	$(if $(TORCH_INDEX),$(BIN)/pip install --retries 1 --timeout 30 --index-url $(TORCH_INDEX) $(TORCH) || )$(BIN)/pip install $(TORCH) || $(BIN)/pip install torch torchvision
+	@echo "== fedper and the rest$(if $(LOCK), at the versions of $(LOCK)) =="
+	$(BIN)/pip install $(if $(LOCK),--constraint $(LOCK)) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After a change of dependencies: `rm -rf .venv && make install LOCK= && make lock`, then test.
+lock: $(STAMP)
+	( echo "# Exact versions of a tested install (CPython 3.11, Linux): make install uses them as" \
+	  && echo "# constraints. Written by 'make lock'; torch's build label (+cpu, +cu130) left off." \
+	  && $(BIN)/pip freeze --exclude-editable | sed 's/^\(torch[a-z]*==[^+]*\)+.*/\1/' ) > requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/python -m fedper.demo
