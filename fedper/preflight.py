@@ -111,10 +111,11 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_option(override: Override) -> None:
-    """`dataset=cifar` names no file in conf/dataset/: say which one was meant."""
+    """`dataset=cifar` names no file in conf/dataset/: say which one was meant. Hydra's own
+    groups (hydra/launcher=joblib, ...) also take options its plugins bring: Hydra checks them."""
     group = override.key_or_group
     options = group_options(group)
-    if not options or override.is_delete() or override.is_sweep_override():
+    if not options or group.startswith("hydra/") or override.is_delete() or override.is_sweep_override():  # fmt: skip
         return
     value = override.value()
     if value is None or str(value) in options:

@@ -55,6 +55,9 @@ def test_a_good_command_line_and_a_figure_sweep_pass():
     check_overrides(["dataset=digits", "num_rounds=3"], "base", False, CHECKS)
     check_overrides(["+figure=fig2_quick"], "base", True, CHECKS)
     check_overrides(["dataset.num_classes=8"], "cifar10", False, CHECKS)
+    # launchers that Hydra's plugins bring, beside conf/hydra/launcher/slurm.yaml
+    for launcher in ("joblib", "submitit_local", "basic"):
+        check_overrides(["+figure=fig2_quick", f"hydra/launcher={launcher}"], "base", True, CHECKS)
 
 
 def run_without_torch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
