@@ -118,12 +118,14 @@ def check_group_option(override: Override) -> None:
     if not options or group.startswith("hydra/") or override.is_delete() or override.is_sweep_override():  # fmt: skip
         return
     value = override.value()
-    if value is None or str(value) in options:
-        return
-    shown = [o for o in options if f"{group}/{o}" not in HIDDEN_GROUPS]
-    close = nearest(str(value), shown)
-    hint = f" (did you mean {group}={close}?)" if close else ""
-    raise ConfigError(f"{group}={value} is unknown: use one of {', '.join(shown)}{hint}")
+    chosen = value if isinstance(value, list) else [value]  # logger=[csv,tensorboard]: several
+    for option in chosen:
+        if option is None or str(option) in options:
+            continue
+        shown = [o for o in options if f"{group}/{o}" not in HIDDEN_GROUPS]
+        close = nearest(str(option), shown)
+        hint = f" (did you mean {group}={close}?)" if close else ""
+        raise ConfigError(f"{group}={option} is unknown: use one of {', '.join(shown)}{hint}")
 
 
 def composed(config_name: str, overrides: list[str]) -> DictConfig:

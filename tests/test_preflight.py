@@ -33,6 +33,7 @@ CHECKS = (check_settings, check_start)
         (["dataset=cifar"], "dataset=cifar is unknown: use one of cifar10, cifar100, digits, flickr, synthetic (did you mean dataset=cifar10?)"),
         (["engine=simulaton"], "(did you mean engine=simulation?)"),
         (["algorithm=fedpr"], "(did you mean algorithm=fedper?)"),
+        (["logger=[csv,tensorbord]"], "logger=tensorbord is unknown: use one of csv, mlflow, none, tensorboard, wandb (did you mean logger=tensorboard?)"),
         (["+figure=fig2_quick"], "+figure=fig2_quick is a sweep of many runs: add --multirun (python -m fedper.main --multirun +figure=fig2_quick)"),
         (["num_rounds=0"], "num_rounds=0 is out of range: use a whole number >= 1"),
     ],
@@ -55,6 +56,7 @@ def test_a_good_command_line_and_a_figure_sweep_pass():
     check_overrides(["dataset=digits", "num_rounds=3"], "base", False, CHECKS)
     check_overrides(["+figure=fig2_quick"], "base", True, CHECKS)
     check_overrides(["dataset.num_classes=8"], "cifar10", False, CHECKS)
+    check_overrides(["dataset=digits", "logger=[csv,tensorboard]"], "base", False, CHECKS)
     # launchers that Hydra's plugins bring, beside conf/hydra/launcher/slurm.yaml
     for launcher in ("joblib", "submitit_local", "basic"):
         check_overrides(["+figure=fig2_quick", f"hydra/launcher={launcher}"], "base", True, CHECKS)
