@@ -10,6 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 .PHONY: install lock demo test test-fast gpu-check lint clean
 
 TORCH := "torch==2.14.1" "torchvision==0.29.1"
+TORCH_DEFAULT := $(BIN)/pip install $(TORCH) || $(BIN)/pip install torch torchvision
 # Without a GPU (no nvidia-smi), torch's CPU build from PyTorch's own index; where that index
 # cannot be reached, the default build (with CUDA). TORCH_INDEX= always takes the default,
 # TORCH_INDEX=<url> another index (e.g. https://download.pytorch.org/whl/cu126).
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	@echo "== torch and torchvision (the largest part: see README, Install) =="
-	$(if $(TORCH_INDEX),$(BIN)/pip install --retries 1 --timeout 30 --index-url $(TORCH_INDEX) $(TORCH) || )$(BIN)/pip install $(TORCH) || $(BIN)/pip install torch torchvision
+	$(if $(TORCH_INDEX),$(BIN)/pip install --retries 1 --timeout 30 --index-url $(TORCH_INDEX) $(TORCH) || { echo "== not from $(TORCH_INDEX): the default build =="; $(TORCH_DEFAULT); },$(TORCH_DEFAULT))
 	@echo "== fedper and the rest$(if $(LOCK), at the versions of $(LOCK)) =="
 	$(BIN)/pip install $(if $(LOCK),--constraint $(LOCK)) -e ".[dev]"
 	touch $(STAMP)
