@@ -1,6 +1,6 @@
 """Choose each algorithm's settings from a validation search, by one stated rule.
 
-    python -m fedper.search docs/results/search/runs/shift > conf/figure/chosen/family_shift.yaml
+    python -m fedper.search outputs/figures/search/runs/shift > conf/figure/chosen/family_shift.yaml
 
 Runs are grouped by what a comparison holds fixed (by default the shift, the algorithm and
 `model.local_bn`); within a group, a setting is the run's values of the searched keys that its
