@@ -338,3 +338,10 @@ def test_a_panel_per_partition_and_shift_in_reading_order(tmp_path: Path) -> Non
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["no shift", "feature shift", "concept shift"]  # the split is shared
     assert legend_texts(fig) == ["FedPer", "FedAvg"]
+
+
+def test_help_says_what_the_tables_hold():
+    from fedper.plot.command import plot_parser
+
+    text = plot_parser().format_help()
+    assert "(mean ± 95% CI over seeds)" in text and "%%" not in text

@@ -77,7 +77,7 @@ def plot_parser() -> argparse.ArgumentParser:
     """The arguments of `python -m fedper.plot <sources> ...`."""
     parser = argparse.ArgumentParser(
         prog="python -m fedper.plot",
-        description="Accuracy-per-round figures, a summary table (mean ± 95%% CI over seeds) "
+        description="Accuracy-per-round figures, a summary table (mean ± 95% CI over seeds) "
         "and paired per-seed differences (Holm-adjusted) from results.json files (searched "
         "recursively below each folder) or packed sweep files. "
         "`python -m fedper.plot pack --help`: pack a sweep folder into one file.",
