@@ -3,11 +3,11 @@
 Some keys say where and on what hardware a run runs (the engine, devices, resources, the
 performance switches), where its files live (`data_dir`, `state_dir`: the partition
 fingerprint already proves the data is the same), how it recovers (`restart_lost_heads`,
-`resume`), where it is tracked (`logger`) or where its data comes from (`dataset.download`), not what it computes. A run
-continued with other values of them is the same run. This list is the only one: the run-folder
-claim and `resume` (fedper.planning), the plots' grouping (fedper.plot) and the figure
-sweeps' folder names (conf/figure/common/sweep.yaml, through the `fedper.not_settings`
-resolver) all read it.
+`resume`), where it is tracked (`logger`) or where its data comes from (`dataset.download`),
+not what it computes. A run continued with other values of them is the same run. This list is
+the only one: the run-folder claim and `resume` (fedper.planning), the plots' grouping
+(fedper.plot) and the figure sweeps' folder names (conf/figure/common/sweep.yaml, through the
+`fedper.not_settings` resolver) all read it.
 """
 
 from __future__ import annotations
