@@ -1,7 +1,8 @@
 """The ClientApp: Flower messages in, calls into `fedper.client`, messages out.
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
-ConfigRecord, the round, the last round its training counted in, the shared arrays) or comes
+ConfigRecord, the round, the last round its training counted in, the shared arrays packed as
+one array, `fedper.packing`) or comes
 from the node's own config (`partition-id`, `num-partitions`, `data-dir`, `state-dir`). A
 problem that makes the client unfit for the run (a folder it cannot see, a partition that
 differs from the server's, an out-of-memory GPU) is answered with a `fatal` record, and the
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fedper.client import ClientWorker, worker_for
 from fedper.errors import FedPerError
 from fedper.node import ClientSetupError, NodePaths
+from fedper.packing import pack, unpack
 from fedper.spec import FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec
 
 app = ClientApp()
@@ -65,8 +67,16 @@ def fatal(msg: Message, context: Context, error: FedPerError) -> Message:
 
 
 def shared_arrays(msg: Message) -> dict | None:
+    """The shared arrays the server sent, in its order; None when it sent none."""
     arrays = msg.content.array_records.get("arrays")
-    return arrays.to_torch_state_dict() if arrays is not None and len(arrays) else None
+    return (unpack(arrays) or None) if arrays is not None else None
+
+
+def packed_like(state: dict, sent: dict | None) -> ArrayRecord:
+    """What a client sends back, packed in the order of what it received (the server checks the
+    reply's layout against the message's, byte for byte)."""
+    order = list(sent) if sent and set(sent) == set(state) else list(state)
+    return pack({key: state[key] for key in order})
 
 
 def head_round(msg: Message) -> int | None:
@@ -89,8 +99,9 @@ def introduce(msg: Message, context: Context) -> Message:
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
-        result = runner.train(cid, round_num, shared_arrays(msg), head_round(msg))
-        return reply(msg, {**result.metrics, "cid": cid}, ArrayRecord(result.shared))
+        shared = shared_arrays(msg)
+        result = runner.train(cid, round_num, shared, head_round(msg))
+        return reply(msg, result.metrics, packed_like(result.shared, shared))
 
     return handle(msg, context, work)
 
@@ -99,7 +110,7 @@ def train_round(msg: Message, context: Context) -> Message:
 def evaluate_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
         metrics = runner.evaluate(cid, round_num, shared_arrays(msg), head_round(msg))
-        return reply(msg, {**metrics, "cid": cid})
+        return reply(msg, metrics)
 
     return handle(msg, context, work)
 

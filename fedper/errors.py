@@ -11,6 +11,11 @@ from typing import NoReturn
 ERROR_PREFIX = "fedper: error: "
 
 
+def resume_command(run_dir) -> str:
+    """The command that continues a run after its last committed round."""
+    return f"python -m fedper.main resume={run_dir}"
+
+
 class FedPerError(Exception):
     """A problem with the user's settings or files, reported without a traceback."""
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from fedper.errors import FedPerError
+from fedper.errors import FedPerError, resume_command
 from fedper.rundir import RESULTS_JSON, checked_json, read_checked_json
 from fedper.spec import RESTARTED_METRIC
 
 if TYPE_CHECKING:  # Flower is imported where messages are made; plots read results without it
-    from flwr.app import ArrayRecord, Message, MetricRecord
+    from flwr.app import ArrayRecord
+
+    from fedper.replies import Phase
 
 # per-round columns of results.csv, in order
 CSV_COLUMNS = [
@@ -113,32 +114,12 @@ def load_results(run_dir: str | Path) -> dict:
     )
 
 
-# ---- one round's entry, from the clients' replies ----------------------------------------
+# ---- one round's entry, from the clients' checked replies ---------------------------------
 
 
 def record_bytes(record: ArrayRecord) -> int:
     """Payload size of the arrays in a message (what travels, headers aside)."""
     return sum(len(array.data) for array in record.values())
-
-
-def failure_reason(text: str) -> str:
-    """The client's own exception message out of the Ray/Flower traceback around it."""
-    marker = "Message: "
-    if marker in text:
-        text = text[text.rindex(marker) + len(marker) :]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else "unknown error").rstrip("'>").strip()
-
-
-def client_metrics(replies: list[Message]) -> dict[int, dict]:
-    """cid -> the metrics a client reported, from the replies that succeeded, by client id."""
-    out = {}
-    for msg in replies:
-        if msg.has_error():
-            continue
-        metrics: MetricRecord = msg.content["metrics"]
-        out[int(metrics["cid"])] = {k: v for k, v in metrics.items() if k != "cid"}
-    return dict(sorted(out.items()))
 
 
 SUMMARY_KEYS = ("accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
@@ -149,7 +130,8 @@ def summarize_evaluation(per_client: dict[int, dict]) -> dict:
     """The round's numbers: unweighted mean over clients (what the paper plots) and more.
 
     Sums run over clients in client-id order (`per_client` is sorted), so the same
-    per-client numbers always give the same summary, to the last digit.
+    per-client numbers always give the same summary, to the last digit. Without evaluated
+    clients every number is NaN (null in results.json).
     """
     nan = float("nan")
     if not per_client:
@@ -182,57 +164,51 @@ def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
     return totals
 
 
-class ClientOrder(Protocol):
-    """What a round's entry needs of the strategy: replies in client order, failures named."""
-
-    def in_client_order(self, replies: Iterable[Message]) -> list[Message]: ...
-
-    def failures(self, replies: list[Message], phase: str) -> list[dict]: ...
-
-
-def round_entry(
-    strategy: ClientOrder,
-    round_num: int,
-    train_replies: list[Message],
-    eval_replies: list[Message],
-    min_successful: int,
-) -> dict:
-    """One round of results.json from the replies; too few successes stop the run."""
-    failures = strategy.failures(train_replies, "train")
-    trained = client_metrics(train_replies)
-    check_enough(round_num, "train", len(trained), min_successful, failures)
-    failures += strategy.failures(eval_replies, "evaluate")
-    evaluated = client_metrics(eval_replies)
-    check_enough(round_num, "evaluate", len(evaluated), min_successful, failures)
-    examples = sum(m["num-examples"] for m in trained.values())
-    per_client = {}
-    for cid, m in evaluated.items():
-        per_client[str(cid)] = {
-            "accuracy": m["accuracy"],
-            "loss": m["loss"],
-            "num_examples": int(m["num-examples"]),
-            "val_accuracy": m.get("val_accuracy"),
-            "val_loss": m.get("val_loss"),
-            "num_val_examples": int(m.get("num_val_examples", 0)),
-            **({"train_loss": trained[cid]["train_loss"]} if cid in trained else {}),
+def client_entry(trained: dict | None, evaluated: dict | None) -> dict:
+    """What results.json keeps of one client in a round: its evaluation, its training loss."""
+    entry = {}
+    if evaluated is not None:
+        entry = {
+            "accuracy": evaluated["accuracy"],
+            "loss": evaluated["loss"],
+            "num_examples": int(evaluated["num-examples"]),
+            "val_accuracy": evaluated.get("val_accuracy"),
+            "val_loss": evaluated.get("val_loss"),
+            "num_val_examples": int(evaluated.get("num_val_examples", 0)),
         }
+    if trained is not None:
+        entry["train_loss"] = trained["train_loss"]
+    return entry
+
+
+def round_entry(round_num: int, train: Phase, evaluation: Phase | None) -> dict:
+    """One round of results.json from its checked phases (`evaluation` None: not evaluated).
+
+    Per client it holds only the clients that took part in the round (trained or evaluated),
+    so its size follows the sampled clients, not `num_clients`.
+    """
+    trained = train.metrics
+    evaluated = evaluation.metrics if evaluation is not None else {}
+    failures = train.failures + (evaluation.failures if evaluation is not None else [])
+    last = evaluation if evaluation is not None else train  # the phase whose clients are counted
+    examples = sum(m["num-examples"] for m in trained.values())
     return {
         "round": round_num,
+        "evaluated": evaluation is not None,
         **summarize_evaluation(evaluated),
         "train_loss": sum(m["train_loss"] * m["num-examples"] for m in trained.values())
         / max(examples, 1),
-        "bytes_up": sum(
-            record_bytes(r.content["arrays"])
-            for r in strategy.in_client_order(train_replies)
-            if not r.has_error()
-        ),
-        "clients_expected": len(eval_replies),
-        "clients_ok": len(evaluated),
+        "bytes_up": train.bytes_up,
+        "clients_expected": len(last.asked),
+        "clients_ok": len(last.metrics),
         "clients_failed": len(failures),
         "partial": bool(failures),
         "trained_clients": sorted(trained),
         **restarted_heads(trained, evaluated),
-        "per_client": per_client,
+        "per_client": {
+            str(cid): client_entry(trained.get(cid), evaluated.get(cid))
+            for cid in sorted(set(trained) | set(evaluated))
+        },
         "failures": failures,
         "timing": {
             "train_clients": phase_seconds(trained),
@@ -249,13 +225,14 @@ def restarted_heads(trained: dict[int, dict], evaluated: dict[int, dict]) -> dic
     return {"restarted_heads": restarted} if restarted else {}
 
 
-def check_enough(
-    round_num: int, phase: str, succeeded: int, min_successful: int, failures: list[dict]
-) -> None:
-    """A round goes on with the clients that succeeded, down to `min_successful_clients`."""
-    if succeeded < min_successful:
-        detail = "; ".join(f"client {f['cid']}: {f['reason']}" for f in failures[:3])
+def check_enough(round_num: int, phase: Phase, min_successful: int, run_dir: str | Path) -> None:
+    """A round goes on with the clients that succeeded, down to `min_successful_clients` (or
+    all of them, when fewer were asked); below that the run stops, naming who failed."""
+    needed = min(min_successful, len(phase.asked))
+    if len(phase.metrics) < needed:
+        detail = "; ".join(f"partition-id {f['cid']}: {f['reason']}" for f in phase.failures[:3])
         raise FedPerError(
-            f"round {round_num} {phase}: only {succeeded} client(s) succeeded, fewer than "
-            f"min_successful_clients={min_successful} ({detail})"
+            f"round {round_num} {phase.name}: only {len(phase.metrics)} of {len(phase.asked)} "
+            f"client(s) succeeded, fewer than min_successful_clients={min_successful} ({detail}); "
+            f"continue with: {resume_command(run_dir)}"
         )

@@ -15,25 +15,27 @@ import threading
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
 from fedper.checkpoint import Checkpoint
 from fedper.commit import RoundCommit
-from fedper.errors import ERROR_PREFIX, FedPerError, Interrupted
+from fedper.errors import ERROR_PREFIX, FedPerError
+from fedper.link import ClientLink
 from fedper.models import build_model
+from fedper.packing import pack
 from fedper.planning import config_from_run_config, plan_run
 from fedper.progress import RunProgress
-from fedper.results import client_metrics, record_bytes, round_entry
+from fedper.replies import EVALUATE, TRAIN, Phase, ReplyCheck
+from fedper.results import check_enough, record_bytes, round_entry
 from fedper.rundir import RunLock
-from fedper.spec import FATAL, SPEC_KEY, RunPlan
-from fedper.strategy import FedPerStrategy
+from fedper.spec import RunPlan
+from fedper.strategy import FedPerStrategy, average
 from fedper.trackers import RunTrackers
 
 log = logging.getLogger("fedper")
 app = ServerApp()
-POLL_SECONDS = 0.02
 
 
 @app.main()
@@ -80,90 +82,6 @@ def console_logging() -> None:
         log.propagate = False
 
 
-class ClientLink:
-    """Messages to and from the clients, with a timeout and a way to stop."""
-
-    def __init__(self, grid: Grid, plan: RunPlan, stop: threading.Event | None) -> None:
-        self.grid, self.stop = grid, stop
-        engine = plan.spec.cfg.engine
-        self.spec_json = plan.spec.to_json()
-        self.connect_timeout = float(engine.connect_timeout)
-        self.reply_timeout = float(engine.reply_timeout)
-        self.num_clients = int(plan.spec.cfg.num_clients)
-
-    def config(self, round_num: int) -> ConfigRecord:
-        return ConfigRecord({SPEC_KEY: self.spec_json, "server-round": round_num})
-
-    def stopped(self) -> None:
-        if self.stop is not None and self.stop.is_set():
-            raise Interrupted("stopped while waiting for clients")
-
-    def exchange(
-        self, messages: list[Message], who: dict[int, int], timeout: float | None = None
-    ) -> list[Message]:
-        """Send and wait for every reply; `who` maps node id -> client id for messages."""
-        ids = list(self.grid.push_messages(messages))
-        pending = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
-        deadline = time.monotonic() + (timeout or self.reply_timeout)
-        replies: list[Message] = []
-        while pending:
-            self.stopped()
-            for msg in self.grid.pull_messages(list(pending)):
-                pending.pop(msg.metadata.reply_to_message_id, None)
-                replies.append(msg)
-            if pending and time.monotonic() > deadline:
-                missing = sorted(who.get(node, node) for node in pending.values())
-                raise FedPerError(
-                    f"client(s) {missing} did not reply within {timeout or self.reply_timeout:g}"
-                    " s (engine.reply_timeout): check that their nodes are running"
-                )
-            if pending:
-                time.sleep(POLL_SECONDS)
-        for msg in replies:
-            if not msg.has_error() and FATAL in msg.content.config_records:
-                raise FedPerError(str(msg.content.config_records[FATAL]["reason"]))
-        return replies
-
-    def discover(self) -> dict[int, int]:
-        """Ask every node which client it serves, until all `num_clients` answered: cid -> node."""
-        deadline = time.monotonic() + self.connect_timeout
-        node_of: dict[int, int] = {}
-        asked: set[int] = set()
-        while len(node_of) < self.num_clients:
-            self.stopped()
-            new = [node for node in self.grid.get_node_ids() if node not in asked]
-            if new:
-                asked.update(new)
-                queries = [
-                    Message(
-                        content=RecordDict({"config": self.config(0)}),
-                        message_type=MessageType.QUERY,
-                        dst_node_id=node,
-                    )
-                    for node in new
-                ]
-                for msg in self.exchange(queries, {}, self.connect_timeout):
-                    if msg.has_error():
-                        raise FedPerError(f"a client failed to start: {msg.error.reason}")
-                    cid, node = int(msg.content["metrics"]["cid"]), msg.metadata.src_node_id
-                    if cid in node_of:
-                        raise FedPerError(
-                            f"two nodes ({node_of[cid]} and {node}) serve partition-id={cid}: "
-                            "give every SuperNode its own partition-id"
-                        )
-                    node_of[cid] = node
-            elif time.monotonic() > deadline:
-                missing = sorted(set(range(self.num_clients)) - set(node_of))
-                raise FedPerError(
-                    f"client(s) {missing} did not connect within engine.connect_timeout="
-                    f"{self.connect_timeout:g} s: start a SuperNode with partition-id=<cid> "
-                    "for each, or raise engine.connect_timeout"
-                )
-            else:
-                time.sleep(0.2)
-        return node_of
-
-
 def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -> RoundCommit:
     """Every round of the planned run, continuing after its checkpoint if there is one.
 
@@ -176,7 +94,11 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     checkpoint = results.restore()  # also repairs whatever view a kill left behind or ahead
     first_round, arrays = starting_point(cfg, checkpoint, spec.run_dir)
     link = ClientLink(grid, plan, stop)
-    strategy = FedPerStrategy(link.discover(), cfg.clients_per_round, cfg.seed)
+    strategy = FedPerStrategy(
+        link.discover(), cfg.clients_per_round, cfg.seed,
+        cfg.get("clients_per_evaluation"), cfg.get("evaluate_every", 1),
+    )  # fmt: skip
+    rounds = Rounds(link, strategy, ReplyCheck(plan.header["partition"]), cfg, spec.run_dir)
     if checkpoint is not None:
         strategy.restore_head_rounds(checkpoint.results["rounds"])
     trackers = RunTrackers.open(spec, results.rounds)  # logger=...: each committed round
@@ -184,26 +106,18 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
-        record = ArrayRecord(arrays) if arrays else ArrayRecord()
-        config = link.config(round_num)
-        train_messages = list(strategy.configure_train(round_num, record, config, grid))
-        train_replies = link.exchange(train_messages, strategy.client_of_node)
+        train = rounds.phase(TRAIN, strategy.sample_clients(round_num), arrays, round_num)
         trained_at = time.perf_counter()
-        strategy.count_training(round_num, client_metrics(train_replies))
-        aggregated = strategy.aggregate_shared(round_num, train_replies)
-        if aggregated is not None and arrays:
-            arrays = aggregated
+        strategy.count_training(round_num, train.metrics)
+        if train.arrays and arrays:
+            arrays = average(train.arrays, {c: m["num-examples"] for c, m in train.metrics.items()})
         aggregated_at = time.perf_counter()
-        record = ArrayRecord(arrays) if arrays else ArrayRecord()
-        eval_messages = list(strategy.configure_evaluate(round_num, record, config, grid))
-        eval_replies = link.exchange(eval_messages, strategy.client_of_node)
+        evaluating = strategy.evaluation_clients(round_num, cfg.num_rounds)
+        evaluation = rounds.phase(EVALUATE, evaluating, arrays, round_num) if evaluating else None
         evaluated_at = time.perf_counter()
 
-        entry = round_entry(
-            strategy, round_num, train_replies, eval_replies, cfg.min_successful_clients
-        )
-        entry["bytes_down"] = sum(record_bytes(m.content["arrays"]) for m in train_messages)
-        entry["bytes_down"] += sum(record_bytes(m.content["arrays"]) for m in eval_messages)
+        entry = round_entry(round_num, train, evaluation)
+        entry["bytes_down"] = rounds.bytes_down.pop(round_num)
         entry["seconds"] = evaluated_at - started
         entry["timing"].update(
             train_wall=trained_at - started,
@@ -212,7 +126,7 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
             # the previous round's results, plot and checkpoint: outside `seconds`
             bookkeeping_before=started - previous_done if previous_done else 0.0,
         )
-        del train_replies, eval_replies  # every reply holds a client's shared arrays
+        del train, evaluation  # every training reply holds a client's shared arrays
         previous_done = evaluated_at
         results.commit(entry, arrays)
         log_round(entry, cfg.num_rounds, progress.note(round_num))
@@ -221,6 +135,31 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     progress.close()
     trackers.close()
     return results
+
+
+class Rounds:
+    """A round's phases: the messages of a phase out, its replies checked, enough of them."""
+
+    def __init__(
+        self, link: ClientLink, strategy: FedPerStrategy, checks: ReplyCheck, cfg, run_dir: str
+    ) -> None:
+        self.link, self.strategy, self.checks = link, strategy, checks
+        self.min_successful = int(cfg.min_successful_clients)
+        self.run_dir = run_dir
+        self.bytes_down: dict[int, int] = {}  # round -> array payload sent in it
+
+    def phase(self, name: str, clients: list[int], arrays: dict, round_num: int) -> Phase:
+        """Send `clients` the shared arrays for `name` (train | evaluate) and check the replies;
+        too few good ones stop the run."""
+        record = pack(arrays)
+        kind = MessageType.TRAIN if name == TRAIN else MessageType.EVALUATE
+        messages = self.strategy.messages(clients, record, self.link.config(round_num), kind)
+        sent = record_bytes(record) * len(messages)
+        self.bytes_down[round_num] = self.bytes_down.get(round_num, 0) + sent
+        answered = self.link.exchange(messages, f"round {round_num} {name}")
+        phase = self.checks.collect(Phase(name, sorted(clients)), answered)
+        check_enough(round_num, phase, self.min_successful, self.run_dir)
+        return phase
 
 
 def starting_point(cfg, checkpoint: Checkpoint | None, run_dir: str) -> tuple[int, dict]:
@@ -235,15 +174,24 @@ def starting_point(cfg, checkpoint: Checkpoint | None, run_dir: str) -> tuple[in
 
 
 def log_round(entry: dict, num_rounds: int, progress: str = "") -> None:
-    failures = entry["failures"]
-    val = entry.get("val_accuracy")
-    log.info(
-        "round %d/%d  accuracy %.3f (min %.3f)%s  loss %.3f  %.1f s  %s%s",
-        entry["round"], num_rounds, entry["accuracy"], entry["accuracy_min"],
-        f"  val {val:.3f}" if isinstance(val, float) and val == val else "",
-        entry["loss"], entry["seconds"], progress,
+    """The round's console line (a round without evaluation says so), then its warnings."""
+    failures, evaluated = entry["failures"], entry.get("evaluated", True)
+    if evaluated:
+        val = entry.get("val_accuracy")
+        measured = (
+            f"accuracy {entry['accuracy']:.3f} (min {entry['accuracy_min']:.3f})"
+            + (f"  val {val:.3f}" if isinstance(val, float) and val == val else "")
+            + f"  loss {entry['loss']:.3f}"
+        )
+    else:
+        measured = f"not evaluated  train loss {entry['train_loss']:.3f}"
+    partial = (
         f"  PARTIAL: {len(failures)} client failure(s), {entry['clients_ok']} of "
-        f"{entry['clients_expected']} evaluated" if entry.get("partial") else "",
+        f"{entry['clients_expected']} {'evaluated' if evaluated else 'trained'}"
+    )
+    log.info(
+        "round %d/%d  %s  %.1f s  %s%s", entry["round"], num_rounds, measured, entry["seconds"],
+        progress, partial if entry.get("partial") else "",
     )  # fmt: skip
     if entry.get("restarted_heads"):
         log.warning(

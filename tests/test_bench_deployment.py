@@ -58,7 +58,7 @@ def test_flowers_polling_is_reported_from_the_installed_flower():
     supernode = polls["flwr.supernode.start_client_internal.start_client_internal"]
     assert supernode["seconds"] and all(s > 0 for s in supernode["seconds"])
     assert polls["flwr.supercore.superexec.run_superexec"]["seconds"][0] > 0
-    assert polls["fedper.server_app.POLL_SECONDS"]["seconds"] == [0.02]
+    assert polls["fedper.link.POLL_SECONDS"]["seconds"] == [0.02]
 
 
 def test_the_engine_group_is_switched_as_an_override_would():

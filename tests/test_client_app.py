@@ -9,7 +9,7 @@ import types
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers import LocalGrid, newest_head, node_configs, plan_local, run_local
 
 from fedper import client, client_app, server_app
@@ -17,6 +17,7 @@ from fedper.engines import simulation
 from fedper.errors import FedPerError, Interrupted
 from fedper.heads import DiskHeadStore
 from fedper.models import build_model
+from fedper.packing import PACKED, pack, unpack
 from fedper.server_app import run_server
 from fedper.spec import SPEC_KEY
 
@@ -34,7 +35,7 @@ class Node:
         self.shared = initial.part_state(client_app_algorithm(plan).shared_parts)
 
     def message(self, kind, round_num, arrays=None):
-        arrays = ArrayRecord(self.shared if arrays is None else arrays)
+        arrays = pack(self.shared if arrays is None else arrays)
         config = ConfigRecord({SPEC_KEY: self.plan.spec.to_json(), "server-round": round_num})
         content = RecordDict({"arrays": arrays, "config": config})
         return Message(content=content, message_type=kind, dst_node_id=self.cid + 1)
@@ -75,15 +76,18 @@ def test_a_handler_needs_nothing_but_the_message_and_its_node_config(tmp_path, m
     reply = node.train(1)
     assert reply.content["metrics"]["num-examples"] > 0
     metrics = node.evaluate(1).content["metrics"]
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["cid"] == 1
+    assert 0 <= metrics["accuracy"] <= 1 and "cid" not in metrics  # the server knows who it asked
 
 
-def test_fedper_sends_only_the_base(tmp_path):
+def test_fedper_sends_only_the_base_packed_in_the_order_it_received_it(tmp_path):
     plan = plan_local(tmp_path)
-    reply = Node(plan, 0).train(1)
-    sent = set(reply.content["arrays"].keys())
+    node = Node(plan, 0)
+    received = dict(reversed(node.shared.items()))
+    reply = node.train(1, received)
+    assert list(reply.content["arrays"]) == [PACKED]  # one array, however many tensors
     model = build_model(plan.spec.cfg)
-    assert sent == set(model.part_keys(("base",)))
+    assert set(unpack(reply.content["arrays"])) == set(model.part_keys(("base",)))
+    assert list(unpack(reply.content["arrays"])) == list(received)
 
 
 @pytest.mark.parametrize(("algorithm", "parts"), [("fedavg", ("base", "head")), ("local", ())])
@@ -91,7 +95,7 @@ def test_other_algorithms_send_what_they_share(tmp_path, algorithm, parts):
     plan = plan_local(tmp_path, [f"algorithm={algorithm}"])
     reply = Node(plan, 1).train(1)
     model = build_model(plan.spec.cfg)
-    assert set(reply.content["arrays"].keys()) == set(model.part_keys(parts))
+    assert set(unpack(reply.content["arrays"])) == set(model.part_keys(parts))
 
 
 def test_head_used_in_round_2_is_the_one_saved_after_round_1(tmp_path):
@@ -275,8 +279,13 @@ class SilentGrid(LocalGrid):
 
 def test_a_client_that_never_replies_fails_the_round_naming_it(tmp_path):
     plan = plan_local(tmp_path, ["engine.reply_timeout=0.3"])
-    with pytest.raises(FedPerError, match=r"client\(s\) \[1\] did not reply within 0.3 s"):
+    with pytest.raises(
+        FedPerError, match=r"round 1 train: partition-id\(s\) \[1\] did not reply within 0.3 s"
+    ) as caught:
         run_server(SilentGrid(node_configs(3)), plan)
+    assert str(caught.value).endswith(
+        f"continue with: python -m fedper.main resume={plan.spec.run_dir}"
+    )
 
 
 def test_a_stopped_engine_ends_the_server_loop_while_it_waits(tmp_path):

@@ -266,8 +266,9 @@ def test_by_default_a_failing_client_stops_the_run_with_its_reason(tmp_path):
     with pytest.raises(Exception) as error:
         start(tmp_path, ["faults.fail_client=1", "faults.fail_round=2"])
     assert str(error.value) == (
-        "round 2 train: only 2 client(s) succeeded, fewer than min_successful_clients=3 "
-        "(client 1: injected failure of client 1 in round 2 train)"
+        "round 2 train: only 2 of 3 client(s) succeeded, fewer than min_successful_clients=3 "
+        "(partition-id 1: injected failure of client 1 in round 2 train); "
+        f"continue with: python -m fedper.main resume={tmp_path / 'run'}"
     )
     assert len(load_results(tmp_path / "run")["rounds"]) == 1
 

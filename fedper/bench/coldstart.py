@@ -47,13 +47,14 @@ class Timers:
 def train_message(request: dict, round_num: int):
     """The message a SuperNode would hand the ClientApp: settings, round, shared arrays."""
     import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+    from fedper.packing import pack
     from fedper.spec import SPEC_KEY
 
     arrays = torch.load(request["arrays"], weights_only=True)
     config = ConfigRecord({SPEC_KEY: request["spec"], "server-round": round_num})
-    content = RecordDict({"arrays": ArrayRecord(arrays), "config": config})
+    content = RecordDict({"arrays": pack(arrays), "config": config})
     return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=1)
 
 

@@ -65,9 +65,9 @@ def flower_polling() -> list[dict]:
         "what": "a SuperExec asks for a task (a ClientApp or ServerApp process to start) this "
         "often; FLWR_SUPEREXEC_TASK_POLL_INTERVAL changes it",
     })  # fmt: skip
-    from fedper.server_app import POLL_SECONDS
+    from fedper.link import POLL_SECONDS
 
-    out.append({"where": "fedper.server_app.POLL_SECONDS", "seconds": [POLL_SECONDS],
+    out.append({"where": "fedper.link.POLL_SECONDS", "seconds": [POLL_SECONDS],
                 "what": "the ServerApp checks for replies this often (fedper's own)"})  # fmt: skip
     return out
 

@@ -173,7 +173,7 @@ class PlainLoop:
 
 
 def average(replies: list[dict], like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The server's aggregation (`FedPerStrategy.aggregate_shared`): example-weighted mean
+    """The server's aggregation (`fedper.strategy.average`): example-weighted mean
     in the dtypes the model stores, and the largest count for integer buffers."""
     examples = sum(r["examples"] for r in replies)
     out = {}

@@ -2,12 +2,14 @@
 
 `LocalGrid` is a Flower Grid whose nodes are the ClientApp's handlers called in this process
 with each node's own node config, so server logic (discovery, rounds, failures, resume) and
-client logic run end to end in a fraction of a second per round.
+client logic run end to end in a fraction of a second per round. A node can be made rogue:
+its honest reply goes through a function that forges it before the server sees it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
@@ -51,11 +53,17 @@ def node_configs(num_clients: int, **extra) -> list[dict]:
     ]
 
 
-class LocalGrid:
-    """A Grid of in-process nodes: every pushed message is answered at once by the handler."""
+# a rogue node: (the message, the honest reply) -> the reply the server gets
+Forgery = Callable[[Message, Message], Message]
 
-    def __init__(self, nodes: list[dict]) -> None:
+
+class LocalGrid:
+    """A Grid of in-process nodes: every pushed message is answered at once by the handler;
+    `rogue` maps a partition-id to the forgery its node applies to its replies."""
+
+    def __init__(self, nodes: list[dict], rogue: dict[int, Forgery] | None = None) -> None:
         self.nodes = {1000 + i: config for i, config in enumerate(nodes)}
+        self.rogue = rogue or {}
         self.replies: dict[str, Message] = {}
         self.sent: list[Message] = []
 
@@ -78,6 +86,9 @@ class LocalGrid:
                 reply = Message(
                     Error(code=0, reason=f"ClientApp raised. Message: {error}"), reply_to=msg
                 )
+            forge = self.rogue.get(self.nodes[node].get("partition-id"))
+            if forge is not None and msg.metadata.message_type != MessageType.QUERY:
+                reply = forge(msg, reply)
             self.sent.append(msg)
             self.replies[message_id] = reply
             ids.append(message_id)
@@ -96,11 +107,13 @@ def plan_local(tmp_path: Path, overrides: list[str] = (), name: str = "run") -> 
     return plan_run(cfg, tmp_path / name)
 
 
-def run_local(plan: RunPlan, nodes: list[dict] | None = None):
+def run_local(
+    plan: RunPlan, nodes: list[dict] | None = None, rogue: dict[int, Forgery] | None = None
+):
     """Every round of the plan in this process; returns the RunResults."""
     set_task_identity()
-    grid = LocalGrid(nodes if nodes is not None else node_configs(plan.spec.cfg.num_clients))
-    return run_server(grid, plan)
+    nodes = nodes if nodes is not None else node_configs(plan.spec.cfg.num_clients)
+    return run_server(LocalGrid(nodes, rogue), plan)
 
 
 def newest_head(store, cid: int, before_round: int):
