@@ -2,8 +2,8 @@
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
 ConfigRecord, the round, the last round its training counted in, the shared arrays packed as
-one array, `fedper.packing`) or comes
-from the node's own config (`partition-id`, `num-partitions`, `data-dir`, `state-dir`). A
+one array, `fedper.packing`) or comes from the node's own config (`partition-id`,
+`num-partitions`, `data-dir`, `state-dir`; the test-only `rogue="nan"` forges replies). A
 problem that makes the client unfit for the run (a folder it cannot see, a partition that
 differs from the server's, an out-of-memory GPU) is answered with a `fatal` record, and the
 server stops the run with it; any other exception is an ordinary client failure, recorded for
@@ -12,6 +12,7 @@ the round.
 
 from __future__ import annotations
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -101,9 +102,19 @@ def train_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
         shared = shared_arrays(msg)
         result = runner.train(cid, round_num, shared, head_round(msg))
-        return reply(msg, result.metrics, packed_like(result.shared, shared))
+        sending = forged_for_tests(result.shared, context)
+        return reply(msg, result.metrics, packed_like(sending, shared))
 
     return handle(msg, context, work)
+
+
+def forged_for_tests(state: dict, context: Context) -> dict:
+    """Test-only: a node started with node config `rogue="nan"` sends NaN shared arrays, as a
+    broken or malicious client could; the server must refuse them (fedper.replies)."""
+    if context.node_config.get("rogue") != "nan":
+        return state
+    nan = float("nan")
+    return {k: torch.full_like(v, nan) if v.is_floating_point() else v for k, v in state.items()}
 
 
 @app.evaluate()

@@ -10,15 +10,11 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedper.errors import FedPerError, Interrupted
+from fedper.errors import FedPerError, Interrupted, resume_command
 from fedper.replies import failure_reason, fatal_reason
 from fedper.spec import SPEC_KEY, RunPlan
 
 POLL_SECONDS = 0.02  # how often the server asks the Grid for replies
-
-
-def resume_hint(run_dir: str) -> str:
-    return f"continue with: python -m fedper.main resume={run_dir}"
 
 
 class ClientLink:
@@ -67,7 +63,7 @@ class ClientLink:
                 raise FedPerError(
                     f"{what}: {who} {missing} did not reply within {timeout:g} s "
                     f"(engine.reply_timeout): check that their nodes are running, then "
-                    f"{resume_hint(self.run_dir)}"
+                    f"continue with: {resume_command(self.run_dir)}"
                 )
             if pending:
                 time.sleep(POLL_SECONDS)

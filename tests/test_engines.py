@@ -86,8 +86,11 @@ class Processes:
 
 
 @pytest.fixture
-def federation(tmp_path):
-    """A SuperLink and two SuperNodes on 127.0.0.1, each node with its own folders."""
+def federation(tmp_path, request):
+    """A SuperLink and two SuperNodes on 127.0.0.1, each node with its own folders; a test
+    marked `rogue(cid)` starts that node with the test-only `rogue="nan"` node config."""
+    marker = request.node.get_closest_marker("rogue")
+    rogue = marker.args[0] if marker else None
     servers = Processes(tmp_path)
     link_port = free_port()
     link, link_log = servers.start(
@@ -102,7 +105,7 @@ def federation(tmp_path):
         node = tmp_path / f"node{cid}"
         (node / "data").mkdir(parents=True)
         config = (f'partition-id={cid} num-partitions=2 data-dir="{node / "data"}" '
-                  f'state-dir="{node / "states"}"')  # fmt: skip
+                  f'state-dir="{node / "states"}"' + (' rogue="nan"' if cid == rogue else ""))  # fmt: skip
         port = free_port()
         process, log = servers.start(
             f"supernode{cid}",
@@ -147,6 +150,27 @@ def test_deployment_engine_matches_the_simulation_and_heads_stay_on_their_nodes(
         # each node built its own dataset cache from its own data-dir
         assert list((node / "data").rglob("*.npy"))
     assert not (launcher / "client_states" / run_id).exists()
+    servers.stop()
+    assert servers.leftovers() == []
+
+
+@pytest.mark.rogue(1)
+def test_deployment_refuses_a_rogue_nodes_arrays_and_goes_on_without_them(tmp_path, federation):
+    address, _, servers = federation
+    deployed = run_main(
+        tmp_path,
+        [*RUN, "engine=deployment", f"engine.superlink={address}", "engine.connect_timeout=120",
+         "min_successful_clients=1"],
+        tmp_path / "deployed",
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    for entry in read_results(tmp_path / "deployed")["rounds"]:
+        assert entry["partial"] and entry["trained_clients"] == [0]
+        [failure] = entry["failures"]
+        assert (failure["cid"], failure["phase"]) == (1, "train")
+        assert failure["reason"].startswith("reply refused: ")
+        assert failure["reason"].endswith("holds non-finite values")
+    assert "PARTIAL: 1 client failure(s)" in deployed.stdout
     servers.stop()
     assert servers.leftovers() == []
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from flwr.app import Error, Message, MessageType, MetricRecord, RecordDict
-from helpers import plan_local, run_local
+from helpers import node_configs, plan_local, run_local
 
 from fedper.checkpoint import load_checkpoint
 from fedper.errors import FedPerError
@@ -130,3 +130,19 @@ def test_with_every_client_required_a_rogue_stops_the_run_in_one_line(tmp_path):
     assert f"partition-id {ROGUE}: reply refused: " in message and "non-finite" in message
     assert message.endswith(f"continue with: python -m fedper.main resume={tmp_path / 'run'}")
     assert "\n" not in message
+
+
+def test_a_node_started_rogue_sends_nan_arrays_that_are_refused_and_its_head_stays_honest(
+    tmp_path, failed_run
+):
+    """The node config the Deployment Engine test gives its rogue SuperNode, here in process."""
+    nodes = node_configs(3)
+    nodes[ROGUE]["rogue"] = "nan"
+    run_local(plan_local(tmp_path, RUN), nodes)
+    for entry in load_results(tmp_path / "run")["rounds"]:
+        [failure] = entry["failures"]
+        assert (failure["cid"], failure["phase"]) == (ROGUE, "train")
+        assert failure["reason"].endswith("holds non-finite values")
+        assert entry["trained_clients"] == [0, 2]
+    _, arrays = honest_view(tmp_path / "run")
+    assert arrays == failed_run[1]  # the shared model never saw the rogue's arrays
