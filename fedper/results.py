@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # Flower is imported where messages are made; plots read resu
 
 # per-round columns of results.csv, in order
 CSV_COLUMNS = [
-    "round", "accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
+    "round", "evaluated", "accuracy", "accuracy_weighted", "accuracy_std", "accuracy_min", "loss",
     "loss_weighted", "val_accuracy", "val_loss", "train_loss", "seconds", "bytes_up",
     "bytes_down", "clients_expected", "clients_ok", "clients_failed", "partial",
 ]  # fmt: skip
@@ -78,19 +78,22 @@ def results_figure(body: dict):
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     if not table.empty:
         table = table.astype({"accuracy": float, "accuracy_std": float, "loss": float})
-        ax_acc.plot(table["round"], table["accuracy"], marker="o", ms=3, label="mean over clients")
+        # a round without evaluation (evaluate_every) has no accuracy: the lines skip it
+        evaluated = table if "evaluated" not in table else table[table["evaluated"] != False]  # noqa: E712
+        ax_acc.plot(evaluated["round"], evaluated["accuracy"], marker="o", ms=3,
+                    label="mean over clients")  # fmt: skip
         ax_acc.fill_between(
-            table["round"],
-            table["accuracy"] - table["accuracy_std"],
-            table["accuracy"] + table["accuracy_std"],
+            evaluated["round"],
+            evaluated["accuracy"] - evaluated["accuracy_std"],
+            evaluated["accuracy"] + evaluated["accuracy_std"],
             alpha=0.2,
             label="± std over clients",
         )
-        ax_loss.plot(table["round"], table["loss"], marker="o", ms=3, label="test loss")
+        ax_loss.plot(evaluated["round"], evaluated["loss"], marker="o", ms=3, label="test loss")
         train_loss = table["train_loss"].astype(float)
         if train_loss.notna().any():
             ax_loss.plot(table["round"], train_loss, marker="o", ms=3, label="train loss")
-        partial = table[[r["round"] in partial_rounds(body["rounds"]) for r in body["rounds"]]]
+        partial = evaluated[evaluated["round"].isin(partial_rounds(body["rounds"]))]
         if len(partial):
             ax_acc.plot(partial["round"], partial["accuracy"], "x", color="red", ms=8, mew=2,
                         label=PARTIAL_LABEL)  # fmt: skip

@@ -20,6 +20,8 @@ from fedper import CONF_DIR
 
 # sections a config of an earlier fedper version had under another name: old name -> new name
 RENAMED_SECTIONS = {"debug": "faults"}
+# keys a config of an earlier fedper version lacks, with the value that does what it did
+ADDED_KEYS = {"evaluate_every": 1, "clients_per_evaluation": None}
 # single keys (dotted), and sections whose every key is not a setting
 NOT_SETTING_KEYS = (
     "server_device",
@@ -41,9 +43,10 @@ def is_setting(key: str) -> bool:
 
 
 def with_current_names(config: dict) -> dict:
-    """A stored config (run_config.json, results.json) with its sections under today's names,
-    so that a run folder written before a rename is still the same run."""
-    return {RENAMED_SECTIONS.get(key, key): value for key, value in config.items()}
+    """A stored config (run_config.json, results.json) with its sections under today's names
+    and the keys added since, so that a run folder written before is still the same run."""
+    renamed = {RENAMED_SECTIONS.get(key, key): value for key, value in config.items()}
+    return {**ADDED_KEYS, **renamed}
 
 
 def settings_only(config: dict, prefix: str = "") -> dict:

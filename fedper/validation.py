@@ -48,6 +48,10 @@ def check_settings(cfg: DictConfig) -> None:
                 f" for num_clients={cfg.num_clients}")  # fmt: skip
     check_range("min_successful_clients", cfg.min_successful_clients, 1, cfg.clients_per_round,
                 f" for clients_per_round={cfg.clients_per_round}")  # fmt: skip
+    check_whole("evaluate_every", cfg.get("evaluate_every", 1), 1)
+    if cfg.get("clients_per_evaluation") is not None:
+        check_range("clients_per_evaluation", cfg.clients_per_evaluation, 1, cfg.num_clients,
+                    f" for num_clients={cfg.num_clients} (null: every client)")  # fmt: skip
     check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))

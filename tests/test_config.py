@@ -32,6 +32,8 @@ from fedper.validation import validate_config
         ("weight_decay=-1", "weight_decay=-1 is out of range: use a number >= 0"),
         ("finetune_epochs=-1", "finetune_epochs=-1 is out of range: use a whole number >= 0"),
         ("min_successful_clients=0", "min_successful_clients=0 is out of range for clients_per_round=10: use 1-10"),
+        ("evaluate_every=0", "evaluate_every=0 is out of range: use a whole number >= 1"),
+        ("clients_per_evaluation=11", "clients_per_evaluation=11 is out of range for num_clients=10 (null: every client): use 1-10"),
         ("model.width_multiplier=0", "model.width_multiplier=0 is out of range: use a number > 0"),
         ("performance.data_on_device=maybe", "performance.data_on_device=maybe must be true or false"),
         ("dataset.download=yes", "dataset.download=yes is not true or false: use true or false"),

@@ -240,6 +240,39 @@ def test_sigterm_and_sigint_take_the_clean_path_and_resume_is_bit_identical(
         assert comparable(resume(run_dir)) == comparable(reference)
 
 
+def test_scheduled_sampled_evaluation_is_marked_everywhere_and_resumes_bit_identically(
+    tmp_path, caplog, monkeypatch
+):
+    schedule = ["num_rounds=3", "evaluate_every=2", "clients_per_evaluation=2"]
+    with caplog.at_level(logging.INFO, logger="fedper"):
+        reference = start(tmp_path, schedule, run="ref")
+    rounds = reference["rounds"]
+    assert [r["evaluated"] for r in rounds] == [False, True, True]
+    assert rounds[0]["accuracy"] is None and rounds[0]["loss"] is None
+    assert set(rounds[0]["per_client"]) == {"0", "1", "2"}  # trained, not evaluated
+    assert all("accuracy" not in c for c in rounds[0]["per_client"].values())
+    assert rounds[1]["clients_expected"] == 2 and rounds[1]["clients_ok"] == 2
+    assert sum("accuracy" in c for c in rounds[1]["per_client"].values()) == 2
+    assert rounds[2]["clients_ok"] == 3  # the last round evaluates every client
+    table = pd.read_csv(tmp_path / "ref" / "results.csv")
+    assert table["evaluated"].tolist() == [False, True, True] and pd.isna(table["accuracy"][0])
+    assert "round 1/3  not evaluated  train loss" in caplog.text
+    [accuracy_line] = results_figure(reference).axes[0].lines
+    assert list(accuracy_line.get_xdata()) == [2, 3]  # no point for round 1
+    # a run stopped after its unevaluated round resumes to the same numbers
+    commit = RoundCommit.commit
+
+    def commit_then_stop(self, entry, arrays):
+        commit(self, entry, arrays)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(RoundCommit, "commit", commit_then_stop)
+    with pytest.raises(Interrupted):
+        start(tmp_path, schedule, run="stopped")
+    monkeypatch.setattr(RoundCommit, "commit", commit)
+    assert comparable(resume(tmp_path / "stopped")) == comparable(reference)
+
+
 def test_a_partial_round_is_marked_everywhere_and_counted_at_the_end(tmp_path, caplog):
     failing = ["faults.fail_client=1", "faults.fail_round=2", "min_successful_clients=2"]
     with caplog.at_level(logging.INFO, logger="fedper"):
@@ -375,6 +408,7 @@ def test_a_run_folder_written_with_a_debug_section_is_still_the_same_run(finishe
     stored = json.loads((run_dir / "run_config.json").read_text())
     body = stored["config"]
     body["debug"] = body.pop("faults")
+    del body["evaluate_every"], body["clients_per_evaluation"]  # written before they existed
     (run_dir / "run_config.json").write_text(checked_json({"config": body}))
     assert resume(run_dir, engine=no_engine)["rounds"]
     assert start(run_dir.parent, run="debug", engine=no_engine)["rounds"]

@@ -54,8 +54,11 @@ def test_plots_group_runs_that_differ_only_in_keys_that_are_not_settings():
     assert setting_from_config(a) == setting_from_config(b)
 
 
-def test_a_stored_debug_section_reads_as_faults():
+def test_a_stored_debug_section_reads_as_faults_and_missing_keys_as_what_they_did():
     assert with_current_names({"debug": {"fail_client": 1}, "seed": 0}) == {
         "faults": {"fail_client": 1},
         "seed": 0,
+        "evaluate_every": 1,  # before evaluation could be scheduled: every client, every round
+        "clients_per_evaluation": None,
     }
+    assert with_current_names({"evaluate_every": 5})["evaluate_every"] == 5
