@@ -23,7 +23,7 @@ from fedper.data.transforms import BatchTransform
 from fedper.device import apply_performance, client_device, resolve_performance
 from fedper.errors import StateFileError
 from fedper.gpu import apply_gpu_share, check_gpu_arch
-from fedper.heads import HEAD_WAY_OUT, DiskHeadStore, HeadStore
+from fedper.heads import HEAD_WAY_OUT, DiskHeadStore, ForeignHeadError, HeadStore, head_layout
 from fedper.models import ModelSplit, build_model
 from fedper.node import (
     ClientSetupError,
@@ -85,7 +85,10 @@ class ClientWorker:
                 f"the partition built on node {node_name()} from {paths.data_dir} differs from "
                 "the server's: every node needs the same dataset files and fedper version"
             )
-        self.store = store if store is not None else DiskHeadStore(paths.state_dir / spec.run_id)
+        if store is None:
+            folder = paths.state_dir / spec.run_id
+            store = DiskHeadStore(folder, spec.run_id, head_layout(self.initial))
+        self.store = store
         augment = cfg.dataset.get("augment") or {}
         self.transform = BatchTransform(
             cfg.dataset.image_size,
@@ -174,7 +177,10 @@ class ClientWorker:
         round has lost it (a wiped or different state_dir, files restored from an older copy):
         the run stops, unless `restart_lost_heads` says to start that client over.
         """
-        found = self.store.load_version(cid, before_round)
+        try:
+            found = self.store.load_version(cid, before_round)
+        except ForeignHeadError as error:  # not this client's: like a lost head, it stops the run
+            raise ClientSetupError(str(error)) from None
         if head_round and (found is None or found[0] < head_round):
             if not self.cfg.get("restart_lost_heads", False):
                 newest = f"its newest is from round {found[0]}" if found else "there is none"

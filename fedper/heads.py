@@ -1,4 +1,10 @@
-"""Where a client's personal parts (its head) live between rounds: on disk, or in memory."""
+"""Where a client's personal parts (its head) live between rounds: on disk, or in memory.
+
+A head file on disk is bound to its owner: it records the run id, the client id, the round
+of each version and the names, dtypes and shapes of the head (its layout), and a read checks
+all of them, so a file swapped between clients, copied from another run or saved for another
+model is refused, never trained on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from fedper.errors import StateFileError
 from fedper.tensor_files import load_tensors, save_tensors
 
 # what a user can do about a client's head that is damaged, lost or does not fit the model
@@ -16,6 +23,17 @@ HEAD_WAY_OUT = (
     "resume with restart_lost_heads=true to start this client over from its initial head, or "
     "start a fresh run"
 )
+# ... and about a head file that belongs to another client, run or model
+FOREIGN_WAY_OUT = f"put the right file back, or move it away and {HEAD_WAY_OUT}"
+
+
+class ForeignHeadError(StateFileError):
+    """A head file that is intact but belongs to another client, run or model."""
+
+
+def head_layout(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Each key's dtype and shape, as a head file records them: {"head.w": "torch.float32[2, 2]"}."""
+    return {key: f"{value.dtype}{list(value.shape)}" for key, value in sorted(state.items())}
 
 
 class HeadStore(Protocol):
@@ -36,7 +54,8 @@ class HeadStore(Protocol):
 
 
 class DiskHeadStore(HeadStore):
-    """Heads of one run on one node: `<state_dir>/<run id>/client_<cid>.pt`.
+    """Heads of one run on one node: `<state_dir>/<run id>/client_<cid>.pt`, each bound to
+    `run_id`, its client and, when given, the `layout` of the model's head.
 
     Each file keeps the head of the latest round the client trained in and the one before,
     so that after a crash a head written during an unfinished round is never used: a client
@@ -48,8 +67,12 @@ class DiskHeadStore(HeadStore):
     of reading and checking it a second time.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(
+        self, directory: str | Path, run_id: str, layout: Mapping[str, str] | None = None
+    ) -> None:
         self.directory = Path(directory)
+        self.run_id = run_id
+        self.layout = dict(layout) if layout is not None else None
         self._loaded: tuple[int, tuple[int, int, int], dict[int, dict[str, torch.Tensor]]] | None
         self._loaded = None
 
@@ -66,7 +89,9 @@ class DiskHeadStore(HeadStore):
         older = [r for r in versions if r < round_num]
         kept = {max(older): versions[max(older)]} if older else {}
         kept[round_num] = state
-        save_tensors(self.path(cid), "head", {"versions": kept})
+        layout = self.layout if self.layout is not None else head_layout(state)
+        owner = {"run_id": self.run_id, "client": cid, "layout": layout}
+        save_tensors(self.path(cid), "head", {**owner, "versions": kept})
 
     def load_version(
         self, cid: int, before_round: int
@@ -85,7 +110,53 @@ class DiskHeadStore(HeadStore):
         if not path.exists():
             return {}
         record = load_tensors(path, "head", f"restore it, or delete it and {HEAD_WAY_OUT}")
+        self.check_owner(path, record, cid)
         return {int(r): state for r, state in record["versions"].items()}
+
+    def check_owner(self, path: Path, record: dict, cid: int) -> None:
+        """The file is this run's head of client `cid`, each version of its recorded layout,
+        and that layout is this model's; else one ForeignHeadError naming the file."""
+        run_id, client, layout = (record.get(k) for k in ("run_id", "client", "layout"))
+        if not (isinstance(run_id, str) and isinstance(client, int) and isinstance(layout, dict)):
+            raise StateFileError(
+                f"{path} records no run, client or shapes (written by an older fedper): "
+                f"delete it and {HEAD_WAY_OUT}"
+            )
+        if run_id != self.run_id:
+            raise ForeignHeadError(
+                f"{path} holds a head of run {run_id}, not of this run {self.run_id} (copied "
+                f"from another run's state_dir): {FOREIGN_WAY_OUT}"
+            )
+        if client != cid:
+            raise ForeignHeadError(
+                f"{path} holds the head of client {client}, not of client {cid} (files swapped "
+                f"or copied between clients): {FOREIGN_WAY_OUT}"
+            )
+        if self.layout is not None and layout != self.layout:
+            key = next(
+                k for k in sorted({*layout, *self.layout}) if layout.get(k) != self.layout.get(k)
+            )
+            raise ForeignHeadError(
+                f"{path} holds a head of another model ({key} is {layout.get(key, 'absent')} "
+                f"there, {self.layout.get(key, 'absent')} here): {FOREIGN_WAY_OUT}"
+            )
+        misfit = misfit_version(record.get("versions"), layout)
+        if misfit is not None:
+            raise ForeignHeadError(
+                f"{path} is not a fedper head file: its version of round {misfit} does not "
+                f"match its recorded shapes: {FOREIGN_WAY_OUT}"
+            )
+
+
+def misfit_version(versions, layout: dict) -> object | None:
+    """The round of the first version whose tensors differ from `layout` (a crafted file can
+    carry a valid checksum: anyone can compute one); None when all of them fit."""
+    if not isinstance(versions, dict):
+        return "(none)"
+    for round_num, state in versions.items():
+        if not isinstance(state, dict) or head_layout(state) != layout:
+            return round_num
+    return None
 
 
 def file_identity(path: Path) -> tuple[int, int, int] | None:

@@ -64,7 +64,7 @@ def client_app_algorithm(plan):
 
 
 def store(plan):
-    return DiskHeadStore(f"{plan.spec.state_dir}/{plan.spec.run_id}")
+    return DiskHeadStore(f"{plan.spec.state_dir}/{plan.spec.run_id}", plan.spec.run_id)
 
 
 def test_a_handler_needs_nothing_but_the_message_and_its_node_config(tmp_path, monkeypatch):

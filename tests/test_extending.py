@@ -70,7 +70,9 @@ def test_a_run_of_the_four_toys_goes_through_the_public_path(guide, tmp_path):
     assert results["config"]["engine"]["name"] == "in_process"
     assert all(0 <= r["accuracy"] <= 1 and r["clients_ok"] == 3 for r in results["rounds"])
     # the toy algorithm keeps the toy model's BatchNorm layer (base.1) with the head
-    kept = DiskHeadStore(tmp_path / "heads" / results["run_id"]).load_version(0, 3)
+    kept = DiskHeadStore(tmp_path / "heads" / results["run_id"], results["run_id"]).load_version(
+        0, 3
+    )
     assert kept is not None and {"base.1.weight", "base.1.running_mean"} <= set(kept[1])
     assert not any(key.startswith("base.0.") for key in kept[1])  # the convolution is shared
 

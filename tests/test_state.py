@@ -17,6 +17,8 @@ from fedper.heads import DiskHeadStore, MemoryHeadStore
 from fedper.results import finite, results_json
 from fedper.tensor_files import load_tensors, save_tensors
 
+RUN_ID = "20240131-235959-0123abcd"
+
 
 def head(value: float) -> dict[str, torch.Tensor]:
     return {"head.w": torch.full((2, 2), value), "head.n": torch.tensor(3)}
@@ -24,7 +26,7 @@ def head(value: float) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("store_kind", ["disk", "memory"])
 def test_a_client_reads_the_newest_head_older_than_the_round_it_trains_in(tmp_path, store_kind):
-    store = DiskHeadStore(tmp_path / "run") if store_kind == "disk" else MemoryHeadStore()
+    store = DiskHeadStore(tmp_path / "run", RUN_ID) if store_kind == "disk" else MemoryHeadStore()
     assert newest_head(store, 0, before_round=5) is None
     store.save(0, 1, head(1.0))
     store.save(0, 3, head(3.0))
@@ -40,7 +42,7 @@ def test_a_client_reads_the_newest_head_older_than_the_round_it_trains_in(tmp_pa
 
 
 def test_the_disk_store_keeps_the_latest_version_and_the_one_before(tmp_path):
-    store = DiskHeadStore(tmp_path)
+    store = DiskHeadStore(tmp_path, RUN_ID)
     for round_num in (1, 2, 4, 7):
         store.save(3, round_num, head(float(round_num)))
     assert sorted(store.versions(3)) == [4, 7]
@@ -48,7 +50,7 @@ def test_the_disk_store_keeps_the_latest_version_and_the_one_before(tmp_path):
 
 
 def test_a_save_after_a_load_reuses_what_the_load_read_and_checked(tmp_path, monkeypatch):
-    store = DiskHeadStore(tmp_path)
+    store = DiskHeadStore(tmp_path, RUN_ID)
     store.save(0, 1, head(1.0))
     store.save(0, 2, head(2.0))
     reads = []
@@ -62,7 +64,7 @@ def test_a_save_after_a_load_reuses_what_the_load_read_and_checked(tmp_path, mon
 
 
 def test_a_save_reads_again_when_another_writer_replaced_the_file_since_the_load(tmp_path):
-    store, other = DiskHeadStore(tmp_path), DiskHeadStore(tmp_path)
+    store, other = DiskHeadStore(tmp_path, RUN_ID), DiskHeadStore(tmp_path, RUN_ID)
     store.save(0, 1, head(1.0))
     newest_head(store, 0, before_round=2)
     other.save(0, 4, head(4.0))  # versions 1 and 4 on disk now
