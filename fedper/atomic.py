@@ -5,18 +5,24 @@ folder and flushes it to disk; `publish` renames it over the target, so a reader
 file or the new one, never half of one (`write_atomic` does both). A write that fails (disk
 full, quota, read-only folder) removes its temporary file and raises a `StorageError` naming
 the file and the OS error.
+
+No file is written through or over a link: a target that is a symbolic link is refused, not
+followed or replaced, and `open_own` reads fedper's own files the same way (`O_NOFOLLOW`,
+regular files only).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from fedper.errors import StorageError
+from fedper.errors import FedPerError, StorageError
 
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)  # read once: files get the usual permissions, not mkstemp's 0600
@@ -31,9 +37,47 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     )
 
 
+class NotOwnFile(FedPerError):
+    """A path where fedper keeps a file of its own holds a link or something else instead."""
+
+
+def link_target(path: str | Path) -> str | None:
+    """Where `path` points when it is a symbolic link; None when it is not one."""
+    try:
+        return os.readlink(path)
+    except OSError:  # EINVAL: not a link; ENOENT: nothing there
+        return None
+
+
+def link_refused(path: Path) -> StorageError:
+    return StorageError(
+        f"cannot write {path}: it is a symbolic link (to {link_target(path)}), and fedper never "
+        "writes through or over a link: remove it"
+    )
+
+
+@contextmanager
+def open_own(path: str | Path) -> Iterator[IO[bytes]]:
+    """One of fedper's files opened for reading, never through a link: a symbolic link, a
+    FIFO or a device there is a `NotOwnFile`; a missing file, FileNotFoundError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise NotOwnFile(f"{path} is a symbolic link (to {link_target(path)})") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotOwnFile(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        yield handle
+
+
 def temporary_beside(path: Path) -> tuple[int, Path]:
     """A new, uniquely named temporary file beside `path` (parallel jobs never collide), with
     the usual permissions rather than mkstemp's 0600: its descriptor and its path."""
+    if link_target(path) is not None:
+        raise link_refused(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -83,6 +127,9 @@ def discarded_on_failure(tmp: Path, path: Path) -> Iterator[None]:
 def publish(staged: Path, path: str | Path) -> None:
     """Rename a staged file over `path`: the one step a reader can see."""
     path = Path(path)
+    if link_target(path) is not None:  # a rename would replace the link, and the user's name
+        discard(staged)
+        raise link_refused(path)
     try:
         os.replace(staged, path)
     except OSError as error:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from fedper.atomic import link_target
 from fedper.errors import StateFileError
 from fedper.tensor_files import load_tensors, save_tensors
 
@@ -28,7 +29,8 @@ FOREIGN_WAY_OUT = f"put the right file back, or move it away and {HEAD_WAY_OUT}"
 
 
 class ForeignHeadError(StateFileError):
-    """A head file that is intact but belongs to another client, run or model."""
+    """A head file that is intact but not the client's own: another client's, run's or
+    model's, or one reached through a link."""
 
 
 def head_layout(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -82,6 +84,7 @@ class DiskHeadStore(HeadStore):
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None:
         """Store the head trained in `round_num`, keeping the newest earlier version."""
         loaded, self._loaded = self._loaded, None
+        self.check_no_links(cid)
         if loaded is not None and loaded[:2] == (cid, file_identity(self.path(cid))):
             versions = loaded[2]
         else:
@@ -107,11 +110,23 @@ class DiskHeadStore(HeadStore):
     def versions(self, cid: int) -> dict[int, dict[str, torch.Tensor]]:
         """Every version in the client's file, read and checked."""
         path = self.path(cid)
+        self.check_no_links(cid)
         if not path.exists():
             return {}
         record = load_tensors(path, "head", f"restore it, or delete it and {HEAD_WAY_OUT}")
         self.check_owner(path, record, cid)
         return {int(r): state for r, state in record["versions"].items()}
+
+    def check_no_links(self, cid: int) -> None:
+        """Heads live in the run's own folder, in files of their own: a symbolic link planted
+        for the folder or the file is refused, never followed."""
+        for path in (self.directory, self.path(cid)):
+            target = link_target(path)
+            if target is not None:
+                raise ForeignHeadError(
+                    f"{path} is a symbolic link (to {target}): fedper keeps heads in the run's "
+                    f"own folder and files, never behind a link: {FOREIGN_WAY_OUT}"
+                )
 
     def check_owner(self, path: Path, record: dict, cid: int) -> None:
         """The file is this run's head of client `cid`, each version of its recorded layout,

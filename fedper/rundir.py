@@ -9,16 +9,25 @@ killed run never blocks its resume and a second start is refused, naming the fir
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 
-from fedper.atomic import TMP_SUFFIX, storage_error, write_text_atomic
+from fedper.atomic import (
+    TMP_SUFFIX,
+    NotOwnFile,
+    link_target,
+    open_own,
+    storage_error,
+    write_text_atomic,
+)
 from fedper.checkpoint import CHECKPOINT
 from fedper.errors import FedPerError, StateFileError
 from fedper.trackers import TRACKERS_DIR
@@ -62,9 +71,12 @@ def checked_json(body: dict) -> str:
 def read_checked_json(path: Path, way_out: str) -> dict:
     """A file written with `checked_json`, without its checksum; any damage is one error."""
     try:
-        body = json.loads(path.read_text())
+        with open_own(path) as handle:
+            body = json.loads(handle.read().decode())
     except FileNotFoundError:
         raise StateFileError(f"{path} is missing: {way_out}") from None
+    except NotOwnFile as error:
+        raise StateFileError(f"{error}: fedper never reads through a link; {way_out}") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise StateFileError(f"{path} is damaged ({type(error).__name__}): {way_out}") from None
     if not isinstance(body, dict) or CHECKSUM_KEY not in body:
@@ -113,6 +125,9 @@ def check_owned(run_dir: Path) -> None:
     ours = HYDRA_FILES | {LOCK_FILE}
     if (run_dir / CONFIG_FILE).is_file():
         ours |= RUN_FILES
+    for name in sorted(ours - HYDRA_FILES):
+        if link_target(run_dir / name) is not None:
+            raise link_in_run_dir(run_dir / name)
     foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
     foreign = [name for name in foreign if not is_temporary(name)]
     if foreign:
@@ -121,6 +136,13 @@ def check_owned(run_dir: Path) -> None:
             f"{run_dir} holds files fedper did not write ({shown}): choose another "
             "hydra.run.dir (fedper never writes into a folder that is not a fedper run)"
         )
+
+
+def link_in_run_dir(path: Path) -> RunDirError:
+    return RunDirError(
+        f"{path} is a symbolic link (to {link_target(path)}): fedper never reads or writes "
+        "through a link; remove it, or choose another hydra.run.dir"
+    )
 
 
 def sweep_temporaries(run_dir: Path) -> None:
@@ -140,9 +162,19 @@ class RunLock:
     def __enter__(self) -> RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+            # never through a link; not inherited by children; a FIFO must not block
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise link_in_run_dir(self.path) from None
             raise storage_error(self.path, error) from None
+        kind = not_a_file_of_its_own(os.fstat(fd))
+        if kind is not None:
+            os.close(fd)
+            raise RunDirError(
+                f"{self.path} is not a file of its own ({kind}): remove it, or choose another "
+                "hydra.run.dir"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -161,6 +193,16 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # releases the lock
             self.fd = None
+
+
+def not_a_file_of_its_own(info: os.stat_result) -> str | None:
+    """What the lock file is instead of a regular file with one name (whose bytes fedper may
+    replace); None when it is one."""
+    if not stat.S_ISREG(info.st_mode):
+        return "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+    if info.st_nlink != 1:
+        return f"a hard link: {info.st_nlink} names share its bytes"
+    return None
 
 
 def lock_holder(fd: int) -> str:

@@ -238,7 +238,7 @@ def claim_slot(lock_dir: Path, parallel: int) -> int:
         _held_slot = None
     lock_dir.mkdir(parents=True, exist_ok=True)
     for slot in range(parallel):
-        handle = open(lock_dir / f"slot{slot}.lock", "w")  # stays open: the lock is the slot
+        handle = open_slot(lock_dir, slot)  # stays open: the lock is the slot
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -248,10 +248,19 @@ def claim_slot(lock_dir: Path, parallel: int) -> int:
         return slot
     # every slot is held: a worker that is being replaced has not exited yet; wait for one
     slot = os.getpid() % parallel
-    handle = open(lock_dir / f"slot{slot}.lock", "w")
+    handle = open_slot(lock_dir, slot)
     fcntl.flock(handle, fcntl.LOCK_EX)
     _held_slot = (lock_dir, slot, handle)
     return slot
+
+
+def open_slot(lock_dir: Path, slot: int) -> IO:
+    """A slot's lock file, created if missing; never truncated, never opened through a link."""
+
+    def no_follow(path: str, flags: int) -> int:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+
+    return open(lock_dir / f"slot{slot}.lock", "a", opener=no_follow)
 
 
 class PinParallelJobs(Callback):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fedper.atomic import write_atomic
+from fedper.atomic import NotOwnFile, open_own, write_atomic
 from fedper.errors import StateFileError
 
 FORMAT = 3  # 3: the digest covers every value of the record, not only its tensors
@@ -70,9 +70,12 @@ def load_tensors(path: str | Path, kind: str, way_out: str) -> dict:
     """Read a state file written by `save_tensors`; any damage is one StateFileError."""
     path = Path(path)
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        with open_own(path) as handle:
+            record = torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StateFileError(f"{path} is missing: {way_out}") from None
+    except NotOwnFile as error:
+        raise StateFileError(f"{error}: fedper never reads through a link; {way_out}") from None
     except Exception as error:
         raise StateFileError(f"{path} is damaged ({type(error).__name__}): {way_out}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != kind:
