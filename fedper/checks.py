@@ -5,8 +5,10 @@ The registries' entries (fedper.registry) and fedper.validation check settings w
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 from pathlib import Path
 
 from omegaconf import ListConfig
@@ -76,18 +78,66 @@ def check_choice(key: str, value, choices) -> None:
     raise ConfigError(f"{key}={show(value)} is unknown: use one of {', '.join(names)}{hint}")
 
 
-def check_folder(key: str, value, must_create: bool = True) -> None:
-    """A folder that exists or can be created here; naming a file is refused."""
+def check_folder(key: str, value, must_create: bool = True, must_write: bool = False) -> None:
+    """A folder that exists or can be created here (`must_create`), and that this process may
+    write when it exists (`must_write`); a file, a dangling symlink, a symlink loop or a
+    read-only folder there is refused in one line naming the key."""
     check(isinstance(value, str) and value.strip() != "", f"{key}={show(value)} is not a folder path: use a path")  # fmt: skip
-    path = Path(value).expanduser()
-    if path.exists():
-        check(path.is_dir(), f"{key}={value} is a file, not a folder: name a folder (created if missing)")  # fmt: skip
-        return
+    problem = folder_problem(Path(value).expanduser(), must_create, must_write)
+    check(problem is None, f"{key}={value} {problem}")
+
+
+def folder_problem(path: Path, must_create: bool = True, must_write: bool = False) -> str | None:
+    """Why `path` cannot serve as a folder, worded to follow it ("is a file, not a folder:
+    name a folder ..."); None when it can. Nothing is created."""
+    if os.path.lexists(path):
+        reason = not_a_folder(path, must_write)
+        if reason is None:
+            return None
+        if reason == "is a file":
+            return "is a file, not a folder: name a folder (created if missing)"
+        if reason.endswith("does not exist"):
+            return f"{reason}: create that folder, or name another"
+        if reason == "is a symbolic link loop":
+            return f"{reason}: name a folder"
+        return f"{reason}: name a folder you can write"
     if not must_create:
-        return
-    parent = next(p for p in path.absolute().parents if p.exists())
-    check(
-        parent.is_dir() and os.access(parent, os.W_OK | os.X_OK),
-        f"{key}={value} cannot be created ({parent} is {'not writable' if parent.is_dir() else 'a file'}): "
-        "name a folder you can write",
-    )  # fmt: skip
+        return None
+    parent = next(p for p in path.absolute().parents if os.path.lexists(p))
+    reason = not_a_folder(parent, must_write=True)
+    if reason is None:
+        return None
+    return f"cannot be created ({parent} {reason}): name a folder you can write"
+
+
+def not_a_folder(path: Path, must_write: bool) -> str | None:
+    """What an existing `path` is instead of a (writable) folder, e.g. "is a file"."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be read ({error.strerror})"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is a file"
+    if must_write and not os.access(path, os.W_OK | os.X_OK):
+        return f"is not writable ({why_not_writable(path)})"
+    return None
+
+
+def why_not_writable(path: Path) -> str:
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else "no write permission"
+
+
+def resolved_folder(key: str, value: str) -> Path:
+    """`value` made absolute with every link followed; a symlink loop is one ConfigError."""
+    try:
+        return Path(value).expanduser().resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12, OSError after
+        raise ConfigError(f"{key}={value} is a symbolic link loop: name a run directory") from None

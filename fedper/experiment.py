@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fedper.checkpoint import load_checkpoint
+from fedper.checks import check, resolved_folder, show
 from fedper.commit import RoundCommit, committed_round
 from fedper.device import describe_line
 from fedper.engines import check_engine, run_on_engine
@@ -48,7 +49,8 @@ def run_experiment(
     (default: the configured engine; tests pass an in-process one).
     """
     resume = cfg.get("resume")
-    run_dir = Path(resume or run_dir).expanduser().resolve()
+    check(resume is None or isinstance(resume, str), f"resume={show(resume)} is not a run directory: use resume=<dir>")  # fmt: skip
+    run_dir = resolved_folder("resume", resume) if resume else Path(run_dir).resolve()
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"resume={run_dir} holds no fedper run ({CONFIG_FILE} is missing)")
     if not resume:

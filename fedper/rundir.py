@@ -30,6 +30,7 @@ from fedper.atomic import (
 )
 from fedper.checkpoint import CHECKPOINT
 from fedper.errors import FedPerError, StateFileError
+from fedper.run_folders import link_refusal
 from fedper.trackers import TRACKERS_DIR
 
 RUN_ID_FILE = "run_id"
@@ -139,10 +140,7 @@ def check_owned(run_dir: Path) -> None:
 
 
 def link_in_run_dir(path: Path) -> RunDirError:
-    return RunDirError(
-        f"{path} is a symbolic link (to {link_target(path)}): fedper never reads or writes "
-        "through a link; remove it, or choose another hydra.run.dir"
-    )
+    return RunDirError(link_refusal(path))
 
 
 def sweep_temporaries(run_dir: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedper.atomic import write_file_atomic
+from fedper.atomic import storage_error, write_file_atomic
 from fedper.errors import FedPerError
 
 log = logging.getLogger("fedper")
@@ -203,7 +203,10 @@ class PoolCache:
 
     def build(self, shape: tuple[int, ...], fill: Fill) -> CachedPool:
         """Write the pool through `fill`, then its row table, labels and (last) the manifest."""
-        self.pool.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pool.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a read-only data_dir, one that is not a folder
+            raise storage_error(self.pool, error) from None
         result: dict = {}
 
         def write_pool(tmp: Path) -> None:

@@ -201,7 +201,7 @@ def check_simulation(cfg: DictConfig) -> None:
         cpus is None or (is_whole(cpus) and cpus > 0),
         f"engine.num_cpus={show(cpus)} is out of range: use null (all CPUs) or a whole number > 0",
     )
-    check_folder("state_dir", cfg.state_dir)
+    check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
 
 
 def check_ray(cfg: DictConfig) -> None:
@@ -209,4 +209,4 @@ def check_ray(cfg: DictConfig) -> None:
     check_address(cfg, "address", "the Ray cluster's head node")
     if "ship_code" in cfg.engine:
         check_bool("engine.ship_code", cfg.engine.ship_code)
-    check_folder("state_dir", cfg.state_dir)
+    check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
