@@ -16,6 +16,8 @@ from omegaconf import ListConfig
 from fedper.config_keys import nearest
 from fedper.errors import ConfigError
 
+INT64_MAX = 2**63 - 1  # the largest whole number numpy, torch and Flower's records all take
+
 
 def check(condition: bool, message: str) -> None:
     if not condition:
@@ -49,9 +51,11 @@ def check_range(key: str, value, low: int, high: int, context: str = "") -> None
     )
 
 
-def check_whole(key: str, value, low: int) -> None:
+def check_whole(key: str, value, low: int, high: int = INT64_MAX) -> None:
+    """A whole number (not a bool) in low..high; by default at most what numpy and torch take."""
     what = "not a whole number" if not is_whole(value) else "out of range"
     check(is_whole(value) and value >= low, f"{key}={show(value)} is {what}: use a whole number >= {low}")  # fmt: skip
+    check(value <= high, f"{key}={show(value)} is out of range: use a whole number in {low}-{high}")
 
 
 def check_number(key: str, value, low: float, high: float | None = None, low_open=False) -> None:

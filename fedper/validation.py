@@ -23,6 +23,10 @@ from fedper.config_keys import check_known_keys
 from fedper.data import DATASETS, check_dataset_settings
 from fedper.trackers import check_trackers
 
+# beyond these, a pool or a model no longer fits a machine (the paper: 224 px, width 1.0)
+MAX_IMAGE_SIZE = 2048
+MAX_WIDTH = 4
+
 
 def validate_config(cfg: DictConfig) -> None:
     """Every mistake a user can make in an override, caught before any data or Ray work: the
@@ -52,7 +56,9 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.get("clients_per_evaluation") is not None:
         check_range("clients_per_evaluation", cfg.clients_per_evaluation, 1, cfg.num_clients,
                     f" for num_clients={cfg.num_clients} (null: every client)")  # fmt: skip
-    check_number("model.width_multiplier", cfg.model.width_multiplier, 0, low_open=True)
+    width = cfg.model.width_multiplier
+    check_number("model.width_multiplier", width, 0, low_open=True)
+    check(width <= MAX_WIDTH, f"model.width_multiplier={show(width)} is out of range: use a number in (0, {MAX_WIDTH}]")  # fmt: skip
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))
     validate_dataset(cfg)
@@ -95,7 +101,7 @@ def validate_dataset(cfg: DictConfig) -> None:
     """The keys every dataset has; dataset-specific ones are the data layer's (check_data_settings)."""
     ds = cfg.dataset
     check_whole("dataset.total_classes", ds.total_classes, 1)
-    check_whole("dataset.image_size", ds.image_size, 1)
+    check_whole("dataset.image_size", ds.image_size, 1, MAX_IMAGE_SIZE)
     check_whole("dataset.seed", ds.seed, 0)
     if ds.get("num_classes") is not None:
         check_range("dataset.num_classes", ds.num_classes, 1, ds.total_classes,

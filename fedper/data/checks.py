@@ -39,6 +39,34 @@ def check_normalization(ds: DictConfig) -> None:
         raise ConfigError(f"dataset.std={list(std)} must be > 0 for every channel")
 
 
+def check_fits_the_data(cfg: DictConfig, num_labels: int | None, num_examples: int | None) -> None:
+    """What a dataset's known size and labels rule out, before any of its files is read:
+    fewer classes than the labels its partition gives to clients, more clients than it can
+    feed the examples each needs."""
+    ds, scheme = cfg.dataset, (cfg.get("partition") or {}).get("name", "pathological")
+    total = ds.total_classes
+    if num_labels is not None and scheme != "pathological" and total < num_labels:
+        raise ConfigError(
+            f"dataset.total_classes={total} is below the {num_labels} classes of {ds.name}, all "
+            f"of which partition={scheme} gives to clients: use dataset.total_classes="
+            f"{num_labels} (partition=pathological draws from classes 0-{total - 1} only)"
+        )
+    check_clients_fit(cfg, num_examples)
+
+
+def check_clients_fit(cfg: DictConfig, num_examples: int | None) -> None:
+    """No more clients than `num_examples` gives the examples each needs (None: not known)."""
+    each = MIN_TRAIN_EXAMPLES + MIN_TEST_EXAMPLES
+    if num_examples is not None and cfg.num_clients * each > num_examples:
+        most = num_examples // each
+        raise ConfigError(
+            f"num_clients={cfg.num_clients} is more than {cfg.dataset.name} can feed: its "
+            f"{num_examples} images give at most {most} clients the {each} each needs "
+            f"({MIN_TRAIN_EXAMPLES} to train, {MIN_TEST_EXAMPLES} to test): use "
+            f"num_clients<={most}"
+        )
+
+
 def check_capacity(dataset: FederatedDataset, cfg: DictConfig) -> None:
     """Every client needs at least one training batch (2 examples) and one test example."""
     short = [

@@ -23,7 +23,7 @@ from fedper.data.cache import (
 )
 from fedper.data.partition import PartitionSettings, partition_labels
 from fedper.data.shift import ClientShift, ShiftSettings, client_shifts
-from fedper.errors import FedPerError
+from fedper.errors import ConfigError, FedPerError
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: preparing a dataset needs none
     import torch
@@ -108,6 +108,7 @@ def federate_pool(cfg: DictConfig, cache: PoolCache, cached: CachedPool) -> Fede
     stored for a client are the ones its group uses.
     """
     ds, labels = cfg.dataset, cached.labels
+    check_labels_fit(labels, cfg)
     parts = partition_labels(labels, PartitionSettings.from_config(cfg))
     shifts = client_shifts(ShiftSettings.from_config(cfg), len(parts), int(ds.total_classes))
     clients = [
@@ -127,6 +128,19 @@ def federate_pool(cfg: DictConfig, cache: PoolCache, cached: CachedPool) -> Fede
 
 def shifted_labels(labels: np.ndarray, shift: ClientShift | None) -> np.ndarray:
     return labels if shift is None else shift.labels(labels)
+
+
+def check_labels_fit(labels: np.ndarray, cfg: DictConfig) -> None:
+    """Once labels are read: none at or above total_classes reaches a client (the paper's
+    split draws from classes below it; the other schemes hand every label out)."""
+    ds, scheme = cfg.dataset, (cfg.get("partition") or {}).get("name", "pathological")
+    top = int(labels.max()) if len(labels) else -1
+    if scheme != "pathological" and top >= ds.total_classes:
+        raise ConfigError(
+            f"dataset.total_classes={ds.total_classes} is below the labels of {ds.name}, which "
+            f"go up to {top}, all of which partition={scheme} gives to clients: use "
+            f"dataset.total_classes={top + 1}"
+        )
 
 
 def configured_or_measured(ds: DictConfig, cached: CachedPool, clients: list[ClientSplit]):

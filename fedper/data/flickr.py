@@ -203,12 +203,19 @@ def leak_counts(clients: list[ClientSplit]) -> list[dict[str, int]]:
 
 
 def check_flickr(cfg: DictConfig) -> None:
-    """FLICKR-AES's clients are its raters: only the paper's split applies."""
+    """FLICKR-AES's clients are its raters: only the paper's split applies, and every rater
+    gives every score, so there is a class per score."""
     scheme = (cfg.get("partition") or {}).get("name", "pathological")
     if scheme != "pathological":
         raise ConfigError(
             f"partition={scheme} does not apply to dataset=flickr, whose clients are "
             "its raters: use partition=pathological (the paper's split)"
+        )
+    total = cfg.dataset.total_classes
+    if total < NUM_SCORES:
+        raise ConfigError(
+            f"dataset.total_classes={total} is below FLICKR-AES's {NUM_SCORES} scores (1-"
+            f"{NUM_SCORES}, each a class): use dataset.total_classes={NUM_SCORES}"
         )
 
 

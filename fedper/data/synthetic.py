@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fedper.data.cache import CachedPool, PoolCache, dataset_root, from_images
+from fedper.data.checks import check_clients_fit
 from fedper.data.federated_dataset import FederatedDataset, federate_pool
 from fedper.errors import ConfigError
 
@@ -83,14 +84,22 @@ def make_synthetic(
     return images, labels
 
 
-def build_synthetic(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
-    """Generate (or read from cache) the synthetic pool and partition it."""
+def check_synthetic(cfg: DictConfig) -> None:
+    """`dataset.size`: a whole number of images, at least one per class and enough for every
+    client."""
     ds = cfg.dataset
     if not (isinstance(ds.size, int) and ds.size >= ds.total_classes):
         raise ConfigError(
             f"dataset.size={ds.size} must be a whole number of images, at least "
             f"total_classes={ds.total_classes}"
         )
+    check_clients_fit(cfg, ds.size)
+
+
+def build_synthetic(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
+    """Generate (or read from cache) the synthetic pool and partition it."""
+    ds = cfg.dataset
+    check_synthetic(cfg)
     cache = synthetic_cache(
         dataset_root(cfg, data_dir) / "cache", ds.size, ds.total_classes, ds.image_size, ds.seed
     )

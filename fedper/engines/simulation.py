@@ -31,6 +31,7 @@ from fedper.spec import RunPlan
 
 log = logging.getLogger("fedper")
 SERVER_STOP_SECONDS = 30  # how long an interrupted run waits for the server loop to stop
+RAY_MAX_RESOURCE = 10**14  # far beyond any machine's CPUs: a bigger count is a typo
 
 
 def quiet_frameworks() -> None:
@@ -200,6 +201,18 @@ def check_simulation(cfg: DictConfig) -> None:
     check(
         cpus is None or (is_whole(cpus) and cpus > 0),
         f"engine.num_cpus={show(cpus)} is out of range: use null (all CPUs) or a whole number > 0",
+    )
+    check(
+        cpus is None or cpus <= RAY_MAX_RESOURCE,
+        f"engine.num_cpus={show(cpus)} is out of range: use null (all CPUs) or a whole number "
+        f"in 1-{RAY_MAX_RESOURCE}",
+    )
+    per_client = cfg.client_resources.num_cpus
+    check(
+        cpus is None or per_client <= cpus,
+        f"client_resources.num_cpus={show(per_client)} is more than engine.num_cpus={cpus} "
+        f"gives the run's Ray: no client could start; use client_resources.num_cpus<={cpus} or "
+        "raise engine.num_cpus",
     )
     check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
 

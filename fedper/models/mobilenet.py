@@ -42,6 +42,7 @@ class MobileNetV1(ModelSplit):
     name = "mobile"
     label = "MobileNet-v1"  # display name in figures and tables
     max_head_layers = 4
+    total_stride = 32  # the stem and four blocks halve the image: 32 px ends in 1x1 maps
 
     def build(self, num_classes: int, num_head_layers: int, width_multiplier: float = 1.0, **_):
         def width(channels: int) -> int:

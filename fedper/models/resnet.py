@@ -19,6 +19,7 @@ class ResNet34(ModelSplit):
     name = "resnet"
     label = "ResNet-34"  # display name in figures and tables
     max_head_layers = 3
+    total_stride = 32  # conv1, the max pool and layers 2-4 halve the image
 
     def build(self, num_classes: int, num_head_layers: int, **_):
         # imported here: torchvision costs ~170 MB per process, and MobileNet runs never need it

@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fedper.checks import check_range
+from fedper.checks import check_range, is_whole
+from fedper.errors import ConfigError
 
 PARTS = ("base", "head")
 
@@ -30,12 +31,24 @@ class ModelSplit(nn.Module):
     name: str = ""
     label: str = ""  # display name in figures and tables
     max_head_layers: int = 1
+    # how many times the network halves an image's side: its last feature maps are
+    # ceil(image_size / total_stride) wide (None: not known)
+    total_stride: int | None = None
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
-        """The settings that depend on the model: how many head layers it can have."""
+        """The settings that depend on the model: how many head layers it can have, and a batch
+        its BatchNorm layers can train on."""
         check_range("model.num_head_layers", cfg.model.num_head_layers, 1, cls.max_head_layers,
                     f" for model_name={cls.name}")  # fmt: skip
+        size, stride = cfg.dataset.image_size, cls.total_stride
+        # BatchNorm needs more than one value per channel: with one image, maps bigger than 1x1
+        if cfg.batch_size == 1 and stride and is_whole(size) and size <= stride:
+            raise ConfigError(
+                f"batch_size=1 cannot train model_name={cls.name} at dataset.image_size={size}: "
+                "its last BatchNorm layers see 1x1 maps and need 2 examples per batch: use "
+                f"batch_size>=2 (or dataset.image_size>={stride + 1})"
+            )
 
     def __init__(self, num_classes: int, num_head_layers: int, **options) -> None:
         super().__init__()
