@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from fedper.data.cache import CachedPool, PoolCache, dataset_root
 from fedper.data.federated_dataset import ClientSplit, FederatedDataset, configured_or_measured
+from fedper.data.flickr_ratings import IMAGE_DIR, NUM_SCORES, SOURCE_URL, read_ratings
 from fedper.data.split import split_with_shared_items
 from fedper.errors import ConfigError, DatasetNotFoundError
 
@@ -30,11 +31,8 @@ if TYPE_CHECKING:  # pandas and PIL are imported inside the functions: clients n
 
 log = logging.getLogger("fedper")
 
-IMAGE_DIR = "40K"
 RATINGS_FILE = "FLICKR-AES_image_labeled_by_each_worker.csv"
 SCORES_FILE = "FLICKR-AES_image_score.txt"
-SOURCE_URL = "https://github.com/alanspike/personalizedImageAesthetics"
-NUM_SCORES = 5  # scores 1-5 become classes 0-4
 
 
 def locate_files(root: Path) -> tuple[Path, Path]:
@@ -55,42 +53,6 @@ def locate_files(root: Path) -> tuple[Path, Path]:
             f"beside {IMAGE_DIR}/, or run offline with dataset=digits"
         )
     return image_dir, ratings
-
-
-def read_ratings(path: Path) -> pd.DataFrame:
-    """The ratings as a DataFrame (worker, image, score 1-5), one row per worker and photo.
-
-    Rows with a score outside 1-5 and repeated (worker, photo) pairs (the first rating counts)
-    are dropped with one warning rather than failing a 193,208-row file for a few of them.
-    """
-    import pandas as pd
-
-    # the header is "worker, imagePair, score": skipinitialspace removes the blank after commas
-    table = pd.read_csv(path, skipinitialspace=True, dtype=str)
-    table.columns = [str(c).strip() for c in table.columns]
-    if not {"worker", "imagePair", "score"} <= set(table.columns):
-        raise DatasetNotFoundError(
-            f"{path} is not the FLICKR-AES ratings file: expected the header "
-            f"'worker, imagePair, score', found {', '.join(table.columns)}; download it again "
-            f"from {SOURCE_URL}"
-        )
-    ratings = pd.DataFrame(
-        {
-            "worker": table["worker"].str.strip(),
-            "image": table["imagePair"].str.strip(),
-            "score": pd.to_numeric(table["score"].str.strip(), errors="coerce"),
-        }
-    )
-    valid = ratings["score"].isin(range(1, NUM_SCORES + 1)) & ratings["worker"].notna()
-    valid &= ratings["image"].notna()
-    kept = ratings[valid].drop_duplicates(["worker", "image"], keep="first")
-    if len(kept) < len(ratings):
-        log.warning(
-            "FLICKR-AES: ignored %d of %d rating rows in %s (a score outside 1-%d, a blank "
-            "field, or a worker rating the same photo again)",
-            len(ratings) - len(kept), len(ratings), path.name, NUM_SCORES,
-        )  # fmt: skip
-    return kept.astype({"score": np.int64}).reset_index(drop=True)
 
 
 def check_worker_settings(ds: DictConfig) -> tuple[int, int, int]:
