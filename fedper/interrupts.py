@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from fedper.errors import ERROR_PREFIX
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -59,6 +62,20 @@ class Interrupts:
 
 
 INTERRUPTS = Interrupts()
+
+
+def exit_on_signal(message: str) -> None:
+    """Until a run takes the signals (`signals_interrupt`), SIGTERM and SIGINT end the process
+    with `message` as its one line and status 2: nothing of a run is being written then."""
+
+    def leave(signum, frame) -> None:
+        sys.stderr.write(f"{ERROR_PREFIX}{message}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, leave)
 
 
 @contextmanager

@@ -6,15 +6,21 @@ second or two and leaves no output folder; torch, Flower and Ray are imported on
 
 from __future__ import annotations
 
-import sys
+from fedper.interrupts import exit_on_signal
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+AS_PROGRAM = __name__ == "__main__"  # not when imported: the importer keeps its signals
+if AS_PROGRAM:  # first, so that a Ctrl-C while the libraries load is one line too
+    exit_on_signal("interrupted before the run started: run the same command again")
 
-from fedper import usage  # noqa: F401  (registers the resolvers --help's template reads)
-from fedper.errors import FedPerError, exit_with_error
-from fedper.preflight import check_command_line
+import sys  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fedper import usage  # noqa: E402, F401  (registers the resolvers --help's template reads)
+from fedper.errors import FedPerError, exit_with_error  # noqa: E402
+from fedper.preflight import check_command_line  # noqa: E402
 
 CONFIG_NAME = "base"
 
@@ -45,6 +51,9 @@ def main(cfg: DictConfig) -> float | None:
         results = run_experiment(cfg, hydra.runtime.output_dir, hydra.overrides.task)
     except FedPerError as error:
         exit_with_error("fedper", error)
+    if AS_PROGRAM:  # the run's files are complete; a sweep's next run takes the signals again
+        exit_on_signal(f"interrupted after {hydra.runtime.output_dir} finished: its results are "
+                       "complete; run the same command again for the runs still to come")  # fmt: skip
     rounds = results["rounds"]
     return rounds[-1]["accuracy"] if rounds else None
 
