@@ -259,3 +259,22 @@ def test_ray_engine_without_a_cluster_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nothing answers at engine.address=127.0.0.1:" in result.stderr
     assert "start it with `ray start --head`" in result.stderr
+
+
+@pytest.fixture
+def not_ray():
+    """Something that accepts connections on a free port and never speaks Ray's protocol."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_an_address_where_something_else_listens_is_one_line(tmp_path, not_ray):
+    result = run_main(tmp_path, [*RUN, "engine=ray", f"engine.address={not_ray}",
+                                 "engine.join_timeout=2"], tmp_path / "run")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"fedper: error: engine.address={not_ray} does not answer as a Ray cluster's head node "
+        "within engine.join_timeout=2 s (DEADLINE_EXCEEDED): give the address `ray start --head` "
+        "printed, or raise engine.join_timeout"
+    )

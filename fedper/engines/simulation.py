@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from omegaconf import DictConfig, OmegaConf
 
 from fedper import PROJECT_ROOT
-from fedper.checks import check, check_bool, check_folder, is_whole, show
+from fedper.checks import check, check_bool, check_folder, is_number, is_whole, show
 from fedper.errors import FedPerError
 from fedper.gpu import check_gpu_setup
 from fedper.interrupts import INTERRUPTS
@@ -65,6 +65,26 @@ def check_reachable(address: str, key: str, hint: str, timeout: float = 10) -> N
         ) from None
 
 
+def check_ray_answers(address: str, timeout: float) -> None:
+    """Ray's GCS answers at `address` within `timeout` seconds, or one line: something else
+    listening there would keep `ray.init` retrying for minutes."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        nodes = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        nodes.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except grpc.RpcError as error:
+        raise FedPerError(
+            f"engine.address={address} does not answer as a Ray cluster's head node within "
+            f"engine.join_timeout={timeout:g} s ({error.code().name}): give the address "
+            "`ray start --head` printed, or raise engine.join_timeout"
+        ) from None
+    finally:
+        channel.close()
+
+
 @contextmanager
 def ray_for(plan: RunPlan) -> Iterator[None]:
     """A Ray instance for this run: a new local one, or the configured cluster; shut down after.
@@ -85,6 +105,7 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
             check_reachable(
                 cfg.engine.address, "engine.address", "start it with `ray start --head`"
             )
+            check_ray_answers(cfg.engine.address, cfg.engine.get("join_timeout", 10))
             runtime_env = {"env_vars": {"FLWR_TELEMETRY_ENABLED": "0"}}
             if cfg.engine.ship_code:
                 runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
@@ -222,4 +243,9 @@ def check_ray(cfg: DictConfig) -> None:
     check_address(cfg, "address", "the Ray cluster's head node")
     if "ship_code" in cfg.engine:
         check_bool("engine.ship_code", cfg.engine.ship_code)
+    join = cfg.engine.get("join_timeout", 10)
+    check(
+        is_number(join) and join > 0,
+        f"engine.join_timeout={show(join)} is out of range: use a number of seconds > 0",
+    )
     check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
