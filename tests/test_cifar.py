@@ -79,6 +79,9 @@ MARKER = "/nonexistent"  # set per test below
         ("no_data", "no uint8 'data' table"),
         ("short_labels", "'labels' does not give one label per image"),
         ("truncated", "unreadable pickle"),
+        ("empty", "unreadable pickle: EOFError"),
+        ("label_out_of_range", "image 3 has the label 12, outside 0-9"),
+        ("negative_label", "image 0 has the label -1, outside 0-9"),
     ],
 )
 def test_anything_but_a_cifar_batch_is_refused_in_one_line(tmp_path, payload, reason):
@@ -95,6 +98,11 @@ def test_anything_but_a_cifar_batch_is_refused_in_one_line(tmp_path, payload, re
         "no_data": lambda: python2_pickle({b"labels": [0] * PER_BATCH}),
         "short_labels": lambda: python2_pickle({b"data": rows, b"labels": [0, 1]}),
         "truncated": lambda: target.read_bytes()[:500],
+        "empty": lambda: b"",
+        "label_out_of_range": lambda: python2_pickle(
+            {b"data": rows, b"labels": [0, 1, 2, 12] + [0] * (PER_BATCH - 4)}
+        ),
+        "negative_label": lambda: python2_pickle({b"data": rows, b"labels": [-1] * PER_BATCH}),
     }[payload]()
     target.write_bytes(content)
     with pytest.raises(DatasetNotFoundError) as error:

@@ -75,8 +75,11 @@ class NotACifarBatch(DatasetNotFoundError):
     """A file where a CIFAR batch should be is not one (damaged, replaced or crafted)."""
 
 
-def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickle batch: rows of 3072 bytes (R, G, B planes of 32x32) -> uint8 NHWC."""
+def read_batch(
+    path: Path, label_key: str, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pickle batch: rows of 3072 bytes (R, G, B planes of 32x32) -> uint8 NHWC; with
+    `num_classes`, every label in 0..num_classes-1."""
 
     def refuse(reason: str) -> NotACifarBatch:
         return NotACifarBatch(
@@ -104,6 +107,13 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise refuse(f"'{label_key}' holds {labels.dtype} values, not whole numbers")
+    if num_classes is not None:
+        outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(outside):
+            first = outside[0]
+            raise refuse(
+                f"image {first} has the label {labels[first]}, outside 0-{num_classes - 1}"
+            )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
 
@@ -138,15 +148,9 @@ def locate_batches(name: str, root: Path, allow_download: bool) -> list[Path]:
 
 def read_cifar(name: str, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Train and test merged, as the paper partitions the union (60,000 images)."""
-    parts = [read_batch(f, LAYOUTS[name][3]) for f in files]
-    labels = np.concatenate([p[1] for p in parts])
     classes = {"cifar10": 10, "cifar100": 100}[name]
-    if labels.min() < 0 or labels.max() >= classes:
-        raise NotACifarBatch(
-            f"{files[0].parent}/ holds labels outside 0-{classes - 1}; replace its files "
-            f"with the original {name} archive"
-        )
-    return np.concatenate([p[0] for p in parts]), labels
+    parts = [read_batch(f, LAYOUTS[name][3], classes) for f in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def build_cifar(cfg: DictConfig, data_dir: Path) -> FederatedDataset:
