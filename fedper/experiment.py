@@ -19,7 +19,7 @@ from fedper.checks import check, resolved_folder, show
 from fedper.commit import RoundCommit, committed_round
 from fedper.device import describe_line
 from fedper.engines import check_engine, run_on_engine
-from fedper.errors import ConfigError, Interrupted
+from fedper.errors import ConfigError, FedPerError, Interrupted
 from fedper.interrupts import signals_interrupt
 from fedper.planning import (
     claim_run_dir,
@@ -29,7 +29,7 @@ from fedper.planning import (
     saved_settings,
     settings_of,
 )
-from fedper.results import load_results, partial_rounds
+from fedper.results import final_line, load_results, start_line
 from fedper.rundir import CONFIG_FILE, RunLock, check_owned, read_run_id, sweep_temporaries
 from fedper.spec import RunPlan
 from fedper.validation import validate_config
@@ -69,18 +69,14 @@ def run_experiment(
                 return load_results(run_dir)
             plan = prepare_run(cfg, run_dir)
             done = committed_round(run_dir)
-            log.info(
-                "%s · %s · %s: %d clients, %d rounds, engine %s -> %s%s",
-                cfg.algorithm, cfg.model_name, cfg.dataset.name, cfg.num_clients,
-                cfg.num_rounds, cfg.engine.name, run_dir,
-                f" (continuing after round {done})" if done else "",
-            )  # fmt: skip
+            log.info(start_line(cfg, run_dir, done, cfg.engine.name))
             log.info(describe_line(plan.header["device"]))
             (engine or run_on_engine)(plan)
+            check_complete(cfg, run_dir)
         except KeyboardInterrupt:
             raise interrupted(run_dir, cfg.num_rounds) from None
     results = load_results(run_dir)
-    log_final(results, run_dir)
+    log.info(final_line(results, run_dir))
     return results
 
 
@@ -112,14 +108,11 @@ def interrupted(run_dir: Path, num_rounds: int) -> Interrupted:
     )
 
 
-def log_final(results: dict, run_dir: Path) -> None:
-    """The last line: where the run is, its final accuracy, and how many rounds were partial."""
-    rounds = results["rounds"]
-    partial = partial_rounds(rounds)
-    accuracy = rounds[-1]["accuracy"] if rounds else None
-    log.info(
-        "finished %d round(s) -> %s: final accuracy %s; partial rounds (fewer clients than "
-        "asked): %d%s",
-        len(rounds), run_dir, "n/a" if accuracy is None else f"{accuracy:.3f}", len(partial),
-        f" (round {', '.join(map(str, partial))})" if partial else "",
-    )  # fmt: skip
+def check_complete(cfg: DictConfig, run_dir: Path) -> None:
+    """An engine that returned before the last round is a failure, never a finished run."""
+    done = committed_round(run_dir)
+    if done < cfg.num_rounds:
+        raise FedPerError(
+            f"the {cfg.engine.name} engine returned, but {run_dir} holds {done} of "
+            f"{cfg.num_rounds} round(s); continue with: python -m fedper.main resume={run_dir}"
+        )

@@ -21,6 +21,7 @@ from fedper.spec import RESTARTED_METRIC
 
 if TYPE_CHECKING:  # Flower is imported where messages are made; plots read results without it
     from flwr.app import ArrayRecord
+    from omegaconf import DictConfig
 
     from fedper.replies import Phase
 
@@ -239,3 +240,28 @@ def check_enough(round_num: int, phase: Phase, min_successful: int, run_dir: str
             f"client(s) succeeded, fewer than min_successful_clients={min_successful} ({detail}); "
             f"continue with: {resume_command(run_dir)}"
         )
+
+
+# ---- the first and the last line of a run on the console ------------------------------------
+
+
+def start_line(cfg: DictConfig, run_dir: Path, done: int, engine: str) -> str:
+    """What runs, where it runs and where it writes (and the round it continues after)."""
+    return (
+        f"{cfg.algorithm} · {cfg.model_name} · {cfg.dataset.name}: {cfg.num_clients} clients, "
+        f"{cfg.num_rounds} rounds, engine {engine} -> {run_dir}"
+        + (f" (continuing after round {done})" if done else "")
+    )
+
+
+def final_line(results: dict, run_dir: Path) -> str:
+    """The last line: where the run is, its final accuracy, and how many rounds were partial."""
+    rounds = results["rounds"]
+    partial = partial_rounds(rounds)
+    accuracy = rounds[-1]["accuracy"] if rounds else None
+    return (
+        f"finished {len(rounds)} round(s) -> {run_dir}: final accuracy "
+        f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}; partial rounds (fewer clients "
+        f"than asked): {len(partial)}"
+        + (f" (round {', '.join(map(str, partial))})" if partial else "")
+    )
