@@ -28,6 +28,8 @@ class ClientLink:
         self.connect_timeout = float(engine.connect_timeout)
         self.reply_timeout = float(engine.reply_timeout)
         self.num_clients = int(plan.spec.cfg.num_clients)
+        self.push_seconds = 0.0  # the last exchange's push of its messages to the engine
+        self.received_at: dict[int, float] = {}  # cid -> when its last reply came in (wall)
 
     def config(self, round_num: int) -> ConfigRecord:
         return ConfigRecord({SPEC_KEY: self.spec_json, "server-round": round_num})
@@ -48,7 +50,9 @@ class ClientLink:
         part, stops the run; `what` names the exchange (e.g. "round 3 train") in the error."""
         timeout = timeout or self.reply_timeout
         sent = list(messages.items())
+        pushing = time.time()
         ids = list(self.grid.push_messages([message for _, message in sent]))
+        self.push_seconds = time.time() - pushing
         pending = dict(zip(ids, sent, strict=True))  # message id -> (cid, message)
         deadline = time.monotonic() + timeout
         answered: dict[int, tuple[Message, Message]] = {}
@@ -58,6 +62,7 @@ class ClientLink:
                 if (found := pending.pop(reply.metadata.reply_to_message_id, None)) is not None:
                     cid, message = found
                     answered[cid] = (message, reply)
+                    self.received_at[cid] = time.time()
             if pending and time.monotonic() > deadline:
                 missing = sorted(cid for cid, _ in pending.values())
                 raise FedPerError(

@@ -20,7 +20,7 @@ from fedper.rundir import RESULTS_JSON, checked_json, read_checked_json
 from fedper.spec import RESTARTED_METRIC
 
 if TYPE_CHECKING:  # Flower is imported where messages are made; plots read results without it
-    from flwr.app import ArrayRecord
+    from flwr.app import ArrayRecord, Message
     from omegaconf import DictConfig
 
     from fedper.replies import Phase
@@ -166,6 +166,28 @@ def phase_seconds(per_client: dict[int, dict]) -> dict[str, float]:
                 phase = key.removeprefix("seconds_")
                 totals[phase] = totals.get(phase, 0.0) + float(value)
     return totals
+
+
+def path_seconds(trips: list[tuple[float, Message, float]], push: float) -> dict[str, float]:
+    """A phase's messages on their way, from (sent at, reply, received at) wall times, averaged
+    over the replies: `push` (the server handing them to the engine), `to_handler` (from then
+    to the ClientApp's handler: polling, delivery and, in a Deployment Engine, a fresh process),
+    `handler` (inside it: data, state, compute) and `back` (the reply's way to the server).
+    Wall clocks of one machine; on several machines their offsets are in it."""
+    rows = []
+    for sent_at, reply, received_at in trips:
+        if reply.has_error():
+            continue
+        handler = sum(phase_seconds({0: dict(reply.content["metrics"])}).values())
+        handler_start = reply.metadata.created_at - handler
+        rows.append(
+            (handler_start - sent_at - push, handler, received_at - reply.metadata.created_at)
+        )
+    if not rows:
+        return {"push": push}
+    columns = np.array(rows).mean(axis=0)
+    return {"push": push, "to_handler": float(columns[0]), "handler": float(columns[1]),
+            "back": float(columns[2])}  # fmt: skip
 
 
 def client_entry(trained: dict | None, evaluated: dict | None) -> dict:

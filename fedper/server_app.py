@@ -20,7 +20,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
 from fedper.checkpoint import Checkpoint
-from fedper.commit import RoundCommit
+from fedper.commit import RoundCommit, committed_round
+from fedper.device import describe_line
 from fedper.errors import ERROR_PREFIX, FedPerError
 from fedper.link import ClientLink
 from fedper.models import build_model
@@ -28,7 +29,15 @@ from fedper.packing import pack
 from fedper.planning import config_from_run_config, plan_run
 from fedper.progress import RunProgress
 from fedper.replies import EVALUATE, TRAIN, Phase, ReplyCheck
-from fedper.results import check_enough, record_bytes, round_entry
+from fedper.results import (
+    check_enough,
+    final_line,
+    load_results,
+    path_seconds,
+    record_bytes,
+    round_entry,
+    start_line,
+)
 from fedper.rundir import RunLock
 from fedper.spec import RunPlan
 from fedper.strategy import FedPerStrategy, average
@@ -50,11 +59,30 @@ def main(grid: Grid, context: Context) -> None:
             return
         cfg, run_dir = config_from_run_config(context.run_config, context.run_id)
         with RunLock(run_dir):
-            run_server(grid, plan_run(cfg, run_dir))
-    except FedPerError as error:
-        # one line for the console; raising lets Flower mark the run failed and send its logs
-        log.error("%s%s", ERROR_PREFIX, error)
+            plain_flwr_run(grid, plan_run(cfg, run_dir))
+    except Exception as error:
+        # one line for the console (the launcher raises it); raising lets Flower mark the run
+        # failed and send its logs
+        why = str(error) if isinstance(error, FedPerError) else f"{type(error).__name__}: {error}"
+        log.error("%s%s", ERROR_PREFIX, why.splitlines()[0] if why else type(error).__name__)
         raise
+
+
+def plain_flwr_run(grid: Grid, plan: RunPlan) -> None:
+    """A run that `flwr run` started without the launcher: the launcher's first and last lines,
+    and a failure that says how to continue."""
+    run_dir = Path(plan.spec.run_dir)
+    cfg = plan.spec.cfg
+    log.info(start_line(cfg, run_dir, committed_round(run_dir), "deployment (flwr run)"))
+    log.info(describe_line(plan.header["device"]))
+    try:
+        run_server(grid, plan)
+    except Exception as error:
+        raise FedPerError(
+            f"{error}; {committed_round(run_dir)} of {cfg.num_rounds} round(s) committed; "
+            f'continue with the same `flwr run` and run-dir="{run_dir}" in --run-config'
+        ) from error
+    log.info(final_line(load_results(run_dir), run_dir))
 
 
 def server_app_for(
@@ -125,6 +153,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
             evaluate_wall=evaluated_at - aggregated_at,
             # the previous round's results, plot and checkpoint: outside `seconds`
             bookkeeping_before=started - previous_done if previous_done else 0.0,
+            train_path=rounds.paths.pop(TRAIN, {}),
+            evaluate_path=rounds.paths.pop(EVALUATE, {}),
         )
         del train, evaluation  # every training reply holds a client's shared arrays
         previous_done = evaluated_at
@@ -147,6 +177,7 @@ class Rounds:
         self.min_successful = int(cfg.min_successful_clients)
         self.run_dir = run_dir
         self.bytes_down: dict[int, int] = {}  # round -> array payload sent in it
+        self.paths: dict[str, dict] = {}  # phase -> its messages' way, the last round's
 
     def phase(self, name: str, clients: list[int], arrays: dict, round_num: int) -> Phase:
         """Send `clients` the shared arrays for `name` (train | evaluate) and check the replies;
@@ -157,6 +188,11 @@ class Rounds:
         sent = record_bytes(record) * len(messages)
         self.bytes_down[round_num] = self.bytes_down.get(round_num, 0) + sent
         answered = self.link.exchange(messages, f"round {round_num} {name}")
+        self.paths[name] = path_seconds(
+            [(sent.metadata.created_at, reply, self.link.received_at[cid])
+             for cid, (sent, reply) in answered.items()],
+            self.link.push_seconds,
+        )  # fmt: skip
         phase = self.checks.collect(Phase(name, sorted(clients)), answered)
         check_enough(round_num, phase, self.min_successful, self.run_dir)
         return phase

@@ -37,6 +37,12 @@ FLOWER_SLEEPS = (
 )  # fmt: skip
 
 
+# the waits every message meets (the parent-process monitor is not on its way)
+ON_THE_WAY = ("flwr.supernode.start_client_internal.start_client_internal",
+              "flwr.supernode.start_client_internal._push_messages",
+              "flwr.supercore.superexec.run_superexec")  # fmt: skip
+
+
 def sleeps_in(module: str, function: str) -> list[float]:
     """The constant seconds of every `sleep(...)` call in a function's source."""
     source = textwrap.dedent(inspect.getsource(getattr(importlib.import_module(module), function)))
@@ -81,11 +87,17 @@ def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
     return out
 
 
+PATH = ("push", "to_handler", "handler", "back")  # a message's way (fedper.results.path_seconds)
+# the cold start's parts that come before the handler's own clock: a fresh process's share
+# of the way to the handler
+PROCESS_START = ("torch_import", "fedper_imports", "partition_from_cache",
+                 "partition_fingerprint", "model_build", "initial_model_digest", "worker_other")  # fmt: skip
+
+
 def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
     """Later rounds, per phase: its wall seconds, the seconds one client spent inside the
-    ClientApp's handler (data, head, compute; its mean over clients), and the rest: getting
-    the message to a ready ClientApp and the reply back (for deployment: polling, a fresh
-    process, imports and set-up)."""
+    ClientApp's handler (data, head, compute; its mean over clients), the rest (getting the
+    message to a ready ClientApp and the reply back), and a message's way in parts."""
     out = {}
     for phase, count in (("train", lambda r: len(r["trained_clients"])),
                          ("evaluate", lambda r: r["clients_ok"])):  # fmt: skip
@@ -94,7 +106,27 @@ def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
         inside = mean([sum(r["timing"][f"{phase}_clients"].values()) / max(count(r), 1)
                        for r in later])  # fmt: skip
         out[phase] = {"wall": wall, "inside_handler": inside, "outside_handler": wall - inside}
+        out[phase] |= {part: mean([r["timing"][f"{phase}_path"].get(part, 0.0) for r in later])
+                       for part in PATH}  # fmt: skip
     return out
+
+
+def round_split(phases: dict, cold: dict, polling: list[dict]) -> dict[str, float]:
+    """A later deployment round's seconds per message kind summed (train, evaluate), as
+    compute (inside the handler), process start (the cold start's parts before the handler,
+    measured in fresh processes), polling (half of each of Flower's intervals on the way:
+    the expected wait) and transfer with the rest (what is left of the way)."""
+    waits = [p["seconds"][0] for p in polling if p["where"] in ON_THE_WAY and p["seconds"]]
+    messages = len(phases)
+    way = sum(p["push"] + p["to_handler"] + p["back"] for p in phases.values())
+    process = cold["python_and_flower_seconds"] + sum(cold["parts"][k] for k in PROCESS_START)
+    split = {
+        "compute": sum(p["handler"] for p in phases.values()),
+        "process_start": messages * process,
+        "polling_expected": messages * sum(waits) / 2,
+    }
+    split["transfer_and_rest"] = way - split["process_start"] - split["polling_expected"]
+    return split
 
 
 def timed_run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -146,11 +178,12 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     runs: dict[str, list[dict]] = {"simulation": [], "deployment": []}
     with Federation(run_dir / "federation", cfg.num_clients, settings.start_timeout) as fed:
-        deployment = with_engine(cfg, "deployment", superlink=fed.superlink)
+        deployment = with_engine(cfg, "deployment", superlink=fed.superlink, insecure=True)
         for repeat in range(1, settings.repeats + 1):
             for name, engine_cfg in (("simulation", simulation), ("deployment", deployment)):
                 runs[name].append(timed_run(engine_cfg, run_dir / f"{name}-{repeat}"))
     engines = {name: engine_summary(engine_runs) for name, engine_runs in runs.items()}
+    polling = flower_polling()
     report = {
         "scenario": {"dataset": cfg.dataset.name, "model": cfg.model_name,
                      "width_multiplier": cfg.model.get("width_multiplier"),
@@ -165,7 +198,8 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
             for sim, dep in zip(runs["simulation"], runs["deployment"], strict=True)
         ),
         "cold_start": cold,
-        "flower_polling": flower_polling(),
+        "flower_polling": polling,
+        "deployment_round_split": round_split(engines["deployment"]["phases"], cold, polling),
         "targets": {"cold_start_seconds_max": TARGETS["cold_start_seconds_max"],
                     "cold_start_met": cold["ours_seconds"] <= TARGETS["cold_start_seconds_max"]},
         "settings": asdict(settings),
@@ -195,6 +229,13 @@ def format_deployment(report: dict) -> str:
         lines.append(f"  {name:12}" + "; ".join(
             f"{phase} {p['wall']:.2f} = {p['inside_handler']:.2f} + {p['outside_handler']:.2f}"
             for phase, p in part["phases"].items()))  # fmt: skip
+    for name, part in engines.items():
+        lines.append(f"  {name:12}a message's way, mean over clients: " + "; ".join(
+            f"{phase} " + " + ".join(f"{p[k]:.2f}" for k in PATH)
+            for phase, p in part["phases"].items()) + " (push + to the handler + handler + back)")  # fmt: skip
+    split = report["deployment_round_split"]
+    lines.append("deployment round, split (s): " + ", ".join(
+        f"{key.replace('_', ' ')} {value:.2f}" for key, value in split.items()))  # fmt: skip
     lines += [
         f"deployment / simulation, later rounds: {report['ratio_deployment_over_simulation']:.1f}x"
         f"; same per-client metrics: {report['same_per_client_metrics']}",
