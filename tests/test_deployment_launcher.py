@@ -36,6 +36,18 @@ def test_the_stream_prints_the_runs_lines_and_keeps_its_id_last_round_and_error(
     assert printed == [line for line in printed if line.startswith("round ")] and len(printed) == 2
 
 
+def test_a_log_followed_again_prints_only_what_is_new(capsys):
+    stream = RunStream()
+    start = "\x1b[92mINFO \x1b[0m:      Starting logstream for run_id `7`\n"
+    first = ["round 1/3  accuracy 0.300", "round 2/3  accuracy 0.400"]
+    for line in ["Successfully started run 7", start, *first]:
+        stream.take(line + "\n")
+    for line in [start, *first, "round 3/3  accuracy 0.500"]:  # `flwr log --stream` again
+        stream.take(line + "\n")
+    assert capsys.readouterr().out.splitlines() == [*first, "round 3/3  accuracy 0.500"]
+    assert (stream.last_round, stream.log_lines) == (3, 3)
+
+
 ENGINE = OmegaConf.create({"superlink": "127.0.0.1:9091", "insecure": False})
 
 

@@ -46,6 +46,8 @@ PLAIN_HINT = (
     "engine.insecure=true, for local testing only"
 )
 FLWR_CALL_SECONDS = 60  # a `flwr ls` or `flwr stop` that takes longer gets no answer
+REATTACH_LIMIT = 3  # log streams in a row that bring no new line before the stream is lost
+LOG_START = "Starting logstream for run_id"  # Flower's line before a run's log, on each attach
 
 
 def write_flower_config(
@@ -100,10 +102,14 @@ def deploy(plan: RunPlan) -> None:
     with tempfile.TemporaryDirectory(prefix="fedper-flwr-") as home:
         run_config = flower_home(plan, Path(home))
         env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0"}
-        stream, exit_code = stream_run(run_config, env)
+        stream = RunStream()
+        submit = flwr_command("run", str(PROJECT_ROOT), FLOWER_CONNECTION, "--run-config",
+                              str(run_config), "--stream")  # fmt: skip
+        exit_code = follow(stream, submit, env)
         if stream.flower_run_id is None:
             raise FedPerError(not_submitted(engine, exit_code, stream.last_line))
         status, details = run_status(stream.flower_run_id, env)
+        exit_code, status, details = reattach(stream, exit_code, status, details, env)
         if stream.error is None and exit_code == 0 and status == COMPLETED:
             return
         stopped = status in UNFINISHED and stop_run(stream.flower_run_id, env)
@@ -113,26 +119,40 @@ def deploy(plan: RunPlan) -> None:
     raise FedPerError(f"{lost}; {resume_hint(plan, stream.last_round)}")
 
 
-def stream_run(run_config: Path, env: dict) -> tuple[RunStream, int]:
-    """`flwr run --stream` until its output ends: the stream read and `flwr run`'s exit code.
+def follow(stream: RunStream, command: list[str], env: dict) -> int:
+    """Read `flwr run --stream` or `flwr log --stream` until its output ends; its exit code.
     Ctrl-C stops the run on the SuperLink too, not only the stream."""
-    command = flwr_command(
-        "run", str(PROJECT_ROOT), FLOWER_CONNECTION, "--run-config", str(run_config), "--stream"
-    )
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    stream = RunStream()
     try:
         for line in process.stdout:
             stream.take(line)
-        return stream, process.wait()
+        return process.wait()
     except KeyboardInterrupt:
         if stream.flower_run_id is not None:
             stop_run(stream.flower_run_id, env)
         process.terminate()
         process.wait()
         raise
+
+
+def reattach(
+    stream: RunStream, exit_code: int, status: str, details: str, env: dict
+) -> tuple[int, str, str]:
+    """Flower's log stream can end while the run goes on (`flwr run` then exits 0): follow it
+    again with `flwr log --stream`, printing only what was not printed yet, until the run ends
+    or REATTACH_LIMIT streams in a row bring nothing new. The last exit code and status."""
+    idle = 0
+    while exit_code == 0 and stream.error is None and status in UNFINISHED:
+        if idle == REATTACH_LIMIT:
+            break
+        seen = stream.log_lines
+        command = flwr_command("log", stream.flower_run_id, FLOWER_CONNECTION, "--stream")
+        exit_code = follow(stream, command, env)
+        idle = 0 if stream.log_lines > seen else idle + 1
+        status, details = run_status(stream.flower_run_id, env)
+    return exit_code, status, details
 
 
 class RunStream:
@@ -147,10 +167,24 @@ class RunStream:
         self.last_round = 0
         self.last_line = ""  # the last thing said: `flwr run`'s own error, when it fails
         self.box: list[str] | None = None  # the lines of a box being read
+        self.log_lines = 0  # lines of the run's log read so far, over every attach
+        self.log_index: int | None = None  # the line of the log this attach is at
+
+    def is_new(self, text: str) -> bool:
+        """Whether a line is news: a log followed again starts from its beginning."""
+        if LOG_START in text:
+            self.log_index = 0
+            return False
+        if self.log_index is not None:
+            self.log_index += 1
+            if self.log_index <= self.log_lines:
+                return False
+            self.log_lines = self.log_index
+        return True
 
     def take(self, line: str) -> None:
         text = ANSI.sub("", line.rstrip())
-        if self.in_box(text):
+        if not self.is_new(text) or self.in_box(text):
             return
         if match := re.match(r"Successfully started run (\d+)", text):
             self.flower_run_id = match.group(1)
