@@ -1,17 +1,21 @@
-"""This run's own Ray, started so that signals and clean-up stay fedper's.
+"""This run's own Ray, started so that signals and clean-up stay fedper's, and only this
+machine's user can reach it.
 
 Each local Ray instance keeps its session files in a temp folder of its own, marked in use by
 a lock its run holds: removed when the run ends (also after Ctrl-C or SIGTERM), and by the next
 run on the machine when its run was killed. Ray installs SIGTERM handlers of its own (Python's
 calls `sys.exit`; the core worker's dumps a stack and aborts): the first is kept out while Ray
 starts, the second is disabled, and fedper's are taken back once Ray runs
-(`fedper.interrupts`).
+(`fedper.interrupts`). Ray 2.55's servers listen on every interface, with no switch for
+loopback: Ray's token authentication (`RAY_AUTH_MODE=token`) with a random token of the run's
+own makes each of them refuse a caller without it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ from pathlib import Path
 from fedper.interrupts import INTERRUPTS
 
 RAY_TEMP_PREFIX = "fedper-ray-"
+RAY_AUTH_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 OWNER_LOCK = "fedper-owner.lock"
 
 
@@ -100,3 +105,32 @@ def swapped(swaps: dict) -> Iterator[None]:
     finally:
         for (module, name), value in saved.items():
             setattr(module, name, value)
+
+
+@contextmanager
+def token_authentication() -> Iterator[None]:
+    """While a Ray instance of this run's own starts and runs: Ray's token authentication with
+    a new random token, in this process's environment (which Ray's processes inherit) and in
+    Ray's settings here; the environment as it was, afterwards."""
+    saved = {key: os.environ.get(key) for key in RAY_AUTH_KEYS}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    reload_ray_auth()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reload_ray_auth()
+
+
+def reload_ray_auth() -> None:
+    """Ray reads its authentication mode and token once per process (when it is imported):
+    read them again from the environment."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    AuthenticationTokenLoader.instance().reset_cache()
+    Config.initialize("")

@@ -17,7 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,10 +26,16 @@ from fedper.checks import check, check_bool, check_folder, is_number, is_whole, 
 from fedper.errors import FedPerError
 from fedper.gpu import check_gpu_setup
 from fedper.interrupts import INTERRUPTS
-from fedper.ray_local import quiet_ray_signals, ray_starting, ray_temp_dir
+from fedper.ray_local import (
+    quiet_ray_signals,
+    ray_starting,
+    ray_temp_dir,
+    token_authentication,
+)
 from fedper.spec import RunPlan
 
 log = logging.getLogger("fedper")
+LOOPBACK = "127.0.0.1"  # the address a local Ray instance gives its nodes and workers
 SERVER_STOP_SECONDS = 30  # how long an interrupted run waits for the server loop to stop
 RAY_MAX_RESOURCE = 10**14  # far beyond any machine's CPUs: a bigger count is a typo
 
@@ -91,7 +97,9 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
 
     Flower's Ray backend uses an instance that is already running, so starting it here
     decides where the actors go. A local instance gets its own temp folder (removed at the
-    end, also after Ctrl-C) and no dashboard; RAY_ADDRESS is ignored while it starts.
+    end, also after Ctrl-C), no dashboard, loopback as its address and Ray's token
+    authentication with a token of its own (`fedper.ray_local`); RAY_ADDRESS is ignored while
+    it starts.
     """
     quiet_ray_signals()
     import ray
@@ -100,6 +108,7 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
     common = {"logging_level": logging.ERROR, "log_to_driver": False}
     temp_dir = None
     saved_address = os.environ.pop("RAY_ADDRESS", None)
+    authentication = ExitStack()  # closed after Ray is shut down
     try:
         if cfg.engine.name == "ray":
             check_reachable(
@@ -121,9 +130,11 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
             temp_dir, owner = ray_temp_dir()
             # workers import fedper from wherever this process does (a checkout, PYTHONPATH)
             pythonpath = os.pathsep.join(p for p in sys.path if p)
+            authentication.enter_context(token_authentication())
             with ray_starting():
                 ray.init(
                     address="local",
+                    _node_ip_address=LOOPBACK,
                     num_cpus=cfg.engine.num_cpus or os.cpu_count(),
                     include_dashboard=False,
                     _temp_dir=str(temp_dir),
@@ -139,6 +150,7 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
             os.close(owner)
+        authentication.close()
         if saved_address is not None:
             os.environ["RAY_ADDRESS"] = saved_address
 
