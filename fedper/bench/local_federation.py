@@ -1,6 +1,11 @@
-"""A Flower federation on 127.0.0.1 for the benchmark: one SuperLink and one SuperNode per
-client, each in a process group of its own with its own FLWR_HOME and folders, stopped by
-its PID (never by name: other Flower processes on the machine are not ours)."""
+"""A Flower federation on 127.0.0.1 for the benchmark and the tests: one SuperLink and one
+SuperNode per client, each in a process group of its own with its own FLWR_HOME and folders,
+stopped by its PID (never by name: other Flower processes on the machine are not ours).
+
+Optionally the SuperLink keeps its state in a database file (`database=True`, so it can be
+restarted), and speaks TLS with SuperNode authentication (`secure=<folder>` made by
+`fedper.certificates`: the nodes' public keys are registered before they start).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from fedper.bench.sampling import psutil_module
+from fedper.engines.deployment import FLOWER_CONNECTION, flwr_command, write_flower_config
 from fedper.errors import FedPerError
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flower-superexec
+SUPERLINK = "superlink"
 
 
 def free_port() -> int:
@@ -30,56 +38,120 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of a Flower process with its own FLWR_HOME; Flower's servers start
+    their helpers (flower-superexec, flwr-clientapp) by name, so this environment's bin
+    comes first."""
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+
+
 class Federation:
     """SuperLink and SuperNodes started on free ports; `nodes[cid]` is client cid's folder."""
 
-    def __init__(self, folder: Path, num_clients: int, start_timeout: float) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        num_clients: int,
+        start_timeout: float,
+        *,
+        database: bool = False,
+        secure: Path | None = None,
+    ) -> None:
         self.folder = folder
         self.start_timeout = start_timeout
-        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.processes: dict[str, subprocess.Popen] = {}
         self.nodes: list[Path] = []
         self.port = free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.num_clients = num_clients
+        self.database = folder / SUPERLINK / "state.db" if database else None
+        self.secure = secure
 
-    def start(self, name: str, args: list[str], home: Path, port: int) -> None:
+    def engine_overrides(self) -> list[str]:
+        """`python -m fedper.main` overrides that reach this SuperLink."""
+        out = ["engine=deployment", f"engine.superlink={self.superlink}"]
+        if self.secure is None:
+            return [*out, "engine.insecure=true"]
+        return [*out, f"engine.root_certificates={self.secure / 'ca.crt'}"]
+
+    def start(self, name: str, args: list[str], home: Path, port: int) -> subprocess.Popen:
         """One server in its own session (so its children stop with it), listening on port."""
         home.mkdir(parents=True, exist_ok=True)
-        # the SuperNode starts `flower-superexec` by name: this environment's bin comes first
-        env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
-        log = (self.folder / f"{name}.log").open("w")
+        log = (self.folder / f"{name}.log").open("a")
         process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                   cwd=home)  # fmt: skip
-        self.processes.append((name, process))
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=flower_env(home), cwd=home)  # fmt: skip
+        self.processes[name] = process
         deadline = time.monotonic() + self.start_timeout
         while not listening(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise FedPerError(
-                    f"{args[0]} did not listen on port {port} within bench.start_timeout="
-                    f"{self.start_timeout:.0f} s: see {self.folder / name}.log"
+                    f"{args[0]} did not listen on port {port} within {self.start_timeout:.0f} s"
+                    f": see {self.folder / name}.log"
                 )
             time.sleep(0.1)
+        return process
+
+    def start_superlink(self) -> None:
+        """The SuperLink (again, after `stop_superlink`: with its database, if it has one)."""
+        args = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]  # fmt: skip
+        if self.database is not None:
+            args += ["--database", str(self.database)]
+        if self.secure is None:
+            args.append("--insecure")
+        else:
+            args += ["--ssl-ca-certfile", str(self.secure / "ca.crt"),
+                     "--ssl-certfile", str(self.secure / "superlink.crt"),
+                     "--ssl-keyfile", str(self.secure / "superlink.key"),
+                     "--enable-supernode-auth"]  # fmt: skip
+        self.start(SUPERLINK, args, self.folder / SUPERLINK, self.port)
+
+    def stop_superlink(self, signum: int = signal.SIGTERM) -> None:
+        """Signal the SuperLink's process group and wait until every process in it is gone."""
+        stop_group(self.processes.pop(SUPERLINK), signum)
+
+    def register(self, public_key: Path) -> subprocess.CompletedProcess:
+        """`flwr supernode register <key>` against this SuperLink."""
+        home = self.folder / "cli"
+        certificates = None if self.secure is None else self.secure / "ca.crt"
+        write_flower_config(home, self.superlink, self.secure is None, certificates)
+        return subprocess.run(
+            flwr_command("supernode", "register", str(public_key), FLOWER_CONNECTION),
+            env=flower_env(home), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    def start_node(self, cid: int, name: str, private_key: Path | None = None) -> Path:
+        """A SuperNode serving client `cid` with folders of its own under `name`."""
+        node = self.folder / name
+        (node / "data").mkdir(parents=True, exist_ok=True)
+        config = (f'partition-id={cid} num-partitions={self.num_clients} '
+                  f'data-dir="{node / "data"}" state-dir="{node / "states"}"')  # fmt: skip
+        port = free_port()
+        args = ["flower-supernode", "--superlink", self.superlink, "--port", str(port),
+                "--node-config", config]  # fmt: skip
+        if self.secure is None:
+            args.append("--insecure")
+        else:
+            args += ["--root-certificates", str(self.secure / "ca.crt")]
+        if private_key is not None:
+            args += ["--auth-supernode-private-key", str(private_key)]
+        self.start(name, args, node / "home", port)
+        return node
 
     def __enter__(self) -> Federation:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            self.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1",
-                                     "--port", str(self.port),
-                                     "--disable-runtime-dependency-installation"],
-                       self.folder / "superlink", self.port)  # fmt: skip
+            self.start_superlink()
             for cid in range(self.num_clients):
-                node = self.folder / f"node{cid}"
-                (node / "data").mkdir(parents=True, exist_ok=True)
-                config = (f'partition-id={cid} num-partitions={self.num_clients} '
-                          f'data-dir="{node / "data"}" state-dir="{node / "states"}"')  # fmt: skip
-                port = free_port()
-                self.start(f"supernode{cid}", ["flower-supernode", "--insecure", "--superlink",
-                                               self.superlink, "--port", str(port),
-                                               "--node-config", config],
-                           node / "home", port)  # fmt: skip
-                self.nodes.append(node)
+                key = None
+                if self.secure is not None:
+                    key = self.secure / f"supernode-{cid}.key"
+                    registered = self.register(key.with_suffix(".pub"))
+                    if registered.returncode != 0:
+                        raise FedPerError(f"flwr supernode register failed: {registered.stdout}")
+                self.nodes.append(self.start_node(cid, f"node{cid}", key))
         except BaseException:
             self.stop()
             raise
@@ -88,23 +160,56 @@ class Federation:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop(self) -> None:
-        """SIGTERM to each process group we started, SIGKILL to what is left after 30 s."""
-        for _, process in self.processes:
-            signal_group(process.pid, signal.SIGTERM)
-        for _, process in self.processes:
+    def flower_processes(self) -> list:
+        """Every live process Flower started for this federation (SuperLink, SuperNodes and
+        what they start: SuperExecs, ServerApp and ClientApp processes, also those that left
+        the process group), found by the FLWR_HOME under this folder that they inherit."""
+        psutil = psutil_module()
+        found = []
+        for process in psutil.process_iter(["pid", "status"]):
             try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                signal_group(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-            # children (flower-superexec, a ClientApp) may outlive the leader by a moment
-            deadline = time.monotonic() + 30
-            while group_alive(process.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if group_alive(process.pid):
-                signal_group(process.pid, signal.SIGKILL)
-        self.processes.clear()
+                home = process.environ().get("FLWR_HOME", "")
+            except psutil.Error:
+                continue
+            if home.startswith(str(self.folder)) and process.info["status"] != "zombie":
+                found.append(process)
+        return found
+
+    def orphans(self) -> list[str]:
+        """Flower processes of this federation that outlived their parent (re-parented), and
+        what they run."""
+        found = self.flower_processes()
+        ours = {process.pid for process in found}
+        started = {process.pid for process in self.processes.values()}
+        return [
+            " ".join(process.cmdline()[:2])
+            for process in found
+            if process.pid not in started and process.ppid() not in ours
+        ]
+
+    def stop(self) -> None:
+        """SIGTERM to each process group we started, SIGKILL to what is left after 30 s; then
+        up to 30 s for Flower's helpers outside those groups (a SuperExec started in a session
+        of its own), which end once they see their parent gone."""
+        while self.processes:
+            stop_group(self.processes.popitem()[1], signal.SIGTERM)
+        psutil_module().wait_procs(self.flower_processes(), timeout=30)
+
+
+def stop_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal a process group we started, and make sure none of its processes is left
+    (children such as flower-superexec or a ClientApp may outlive the leader by a moment)."""
+    signal_group(process.pid, signum)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if group_alive(process.pid):
+        signal_group(process.pid, signal.SIGKILL)
 
 
 def signal_group(pgid: int, signum: int) -> None:
