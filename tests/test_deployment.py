@@ -165,6 +165,23 @@ def test_a_plain_flwr_run_prints_the_launchers_first_and_last_lines(tmp_path, fe
     assert read_results(run_dir)["rounds"][-1]["round"] == 2
 
 
+def test_a_rogue_nodes_arrays_are_refused_and_the_run_goes_on_without_them(tmp_path):
+    """Client 1's node forges non-finite arrays (the test-only node config `rogue="nan"`)."""
+    with Federation(tmp_path / "fed", 2, START_TIMEOUT, node_extra={1: 'rogue="nan"'}) as fed:
+        deployed = run_main(
+            tmp_path, [*RUN, *fed.engine_overrides(), "min_successful_clients=1"], tmp_path / "run"
+        )
+        assert fed.orphans() == []
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    for entry in read_results(tmp_path / "run")["rounds"]:
+        assert entry["partial"] and entry["trained_clients"] == [0]
+        [failure] = entry["failures"]
+        assert (failure["cid"], failure["phase"]) == (1, "train")
+        assert failure["reason"].startswith("reply refused: ")
+        assert failure["reason"].endswith("holds non-finite values")
+    assert "PARTIAL: 1 client failure(s)" in deployed.stdout
+
+
 def test_a_run_without_its_nodes_names_the_missing_clients(tmp_path):
     with Federation(tmp_path / "fed", 0, START_TIMEOUT) as bare:
         result = run_main(tmp_path, [*RUN, *bare.engine_overrides(), "engine.connect_timeout=3"],

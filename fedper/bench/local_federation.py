@@ -57,6 +57,7 @@ class Federation:
         *,
         database: bool = False,
         secure: Path | None = None,
+        node_extra: dict[int, str] | None = None,
     ) -> None:
         self.folder = folder
         self.start_timeout = start_timeout
@@ -67,6 +68,7 @@ class Federation:
         self.num_clients = num_clients
         self.database = folder / SUPERLINK / "state.db" if database else None
         self.secure = secure
+        self.node_extra = node_extra or {}  # cid -> more node config (tests: rogue="nan")
 
     def engine_overrides(self) -> list[str]:
         """`python -m fedper.main` overrides that reach this SuperLink."""
@@ -128,6 +130,8 @@ class Federation:
         (node / "data").mkdir(parents=True, exist_ok=True)
         config = (f'partition-id={cid} num-partitions={self.num_clients} '
                   f'data-dir="{node / "data"}" state-dir="{node / "states"}"')  # fmt: skip
+        if cid in self.node_extra:
+            config += f" {self.node_extra[cid]}"
         port = free_port()
         args = ["flower-supernode", "--superlink", self.superlink, "--port", str(port),
                 "--node-config", config]  # fmt: skip
