@@ -93,6 +93,10 @@ def test_ray_engine_joins_the_cluster_and_simulation_never_does(tmp_path, ray_cl
     assert simulated.returncode == 0, simulated.stderr[-3000:]
     # only the inspecting driver itself: the simulation started a Ray instance of its own
     assert len(jobs(cluster_jobs(address, token))) == 1
+    tokenless = run_main(tmp_path, [*RUN, "engine=ray", f"engine.address={address}"],
+                         tmp_path / "tokenless")  # fmt: skip
+    assert tokenless.returncode == 2 and "Traceback" not in tokenless.stderr
+    assert "asks for a token: export RAY_AUTH_MODE=token" in tokenless.stderr.splitlines()[-1]
     on_cluster = run_main(tmp_path, [*RUN, "engine=ray", f"engine.address={address}"],
                           tmp_path / "cluster", env=token)  # fmt: skip
     assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]

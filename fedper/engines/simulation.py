@@ -82,6 +82,13 @@ def check_ray_answers(address: str, timeout: float) -> None:
         nodes = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         nodes.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
     except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED:  # Ray, with token authentication
+            if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+                return  # ray.init presents the token (and says so if it is the wrong one)
+            raise FedPerError(
+                f"the Ray cluster at engine.address={address} asks for a token: export "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the cluster's token>, then run again"
+            ) from None
         raise FedPerError(
             f"engine.address={address} does not answer as a Ray cluster's head node within "
             f"engine.join_timeout={timeout:g} s ({error.code().name}): give the address "
