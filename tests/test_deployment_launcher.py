@@ -14,7 +14,8 @@ from helpers import SMALL, make_config
 from omegaconf import OmegaConf
 
 from fedper.certificates import make_certificates
-from fedper.engines.deployment import RunStream, check_deployment, tls_mismatch, what_was_lost
+from fedper.engines.deployment import RunStream, check_deployment, what_was_lost
+from fedper.engines.tls import tls_mismatch
 from fedper.errors import ConfigError, FedPerError
 from fedper.experiment import run_experiment
 

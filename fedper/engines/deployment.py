@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from fedper import PROJECT_ROOT
 from fedper.checks import check, check_bool, check_folder, show
 from fedper.commit import committed_round
 from fedper.engines.simulation import check_address
+from fedper.engines.tls import tls_mismatch
 from fedper.errors import ERROR_PREFIX, FedPerError
 from fedper.spec import RunPlan
 
@@ -36,15 +35,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ROUND_LINE = re.compile(r"round (\d+)/\d+ ")  # the ServerApp's line once a round is committed
 COMPLETED = "finished:completed"
 UNFINISHED = ("pending", "starting", "running")  # Flower's run statuses before `finished:*`
-TLS_HINT = (
-    "the SuperLink speaks TLS: set engine.root_certificates=<the CA certificate that signed "
-    "its certificate, e.g. the lab's ca.crt from python -m fedper.certificates>"
-)
-TLS_ON = " and engine.insecure=false"
-PLAIN_HINT = (
-    "the SuperLink speaks plain HTTP (it was started with --insecure): set "
-    "engine.insecure=true, for local testing only"
-)
 FLWR_CALL_SECONDS = 60  # a `flwr ls` or `flwr stop` that takes longer gets no answer
 REATTACH_LIMIT = 3  # log streams in a row that bring no new line before the stream is lost
 LOG_START = "Starting logstream for run_id"  # Flower's line before a run's log, on each attach
@@ -282,49 +272,6 @@ def not_submitted(engine: DictConfig, exit_code: int, said: str) -> str:
         return f"{where}: {hint}"
     flower = f": {said}" if said else ""
     return f"{where} (exit {exit_code}{flower}): is it running and reachable at engine.superlink?"
-
-
-def tls_mismatch(engine: DictConfig) -> str | None:
-    """What to set when the launcher and the SuperLink disagree about TLS, or when the
-    SuperLink's certificate does not check out; None when they agree (or nothing answers)."""
-    host, _, port = str(engine.superlink).rpartition(":")
-    address = (host or "127.0.0.1", int(port))
-    certificates = engine.get("root_certificates")
-    speaks_tls = handshake(address, checked=False)
-    if speaks_tls is None:
-        return None
-    if not speaks_tls:
-        return None if engine.insecure else PLAIN_HINT
-    if engine.insecure:
-        return TLS_HINT + TLS_ON
-    if handshake(address, checked=True, cafile=certificates):
-        return None
-    if certificates is None:
-        return TLS_HINT
-    return (
-        f"the SuperLink's certificate is not signed by engine.root_certificates={certificates} "
-        f"for the name {address[0]}: give the CA that signed it, or a certificate made for "
-        "this address"
-    )
-
-
-def handshake(address: tuple[str, int], checked: bool, cafile: str | None = None) -> bool | None:
-    """Whether a TLS handshake succeeds: the protocol only, or with the certificate checked
-    against `cafile` (None: the system's CAs) and the host name; None when nothing answers."""
-    context = ssl.create_default_context(cafile=str(Path(cafile).expanduser()) if cafile else None)
-    if not checked:
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        connection = socket.create_connection(address, timeout=10)
-    except OSError:
-        return None
-    try:
-        with context.wrap_socket(connection, server_hostname=address[0]):
-            return True
-    except (ssl.SSLError, OSError):
-        return False
-    finally:
-        connection.close()
 
 
 def check_deployment(cfg: DictConfig) -> None:
