@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fedper.errors import FedPerError
+from fedper.plot.runs import PlotError, read_packed
 
 GROUP_KEYS = ("shift", "algorithm", "model.local_bn")
 SETTING_KEYS = ("learning_rate", "model.num_head_layers", "fedrep.head_epochs",
@@ -41,21 +42,40 @@ def setting_value(config: dict, key: str):
 
 
 def validation_score(rounds: list[dict], last: int) -> float:
-    """Mean validation accuracy over the last `last` rounds (nan when there is none)."""
-    values = [r.get("val_accuracy") for r in rounds[-last:]]
+    """Mean validation accuracy over the last `last` evaluated rounds (nan when there is none)."""
+    evaluated = [r for r in rounds if r.get("evaluated", True)]
+    values = [r.get("val_accuracy") for r in evaluated[-last:]]
     values = [v for v in values if v is not None and not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
 
 
-def read_runs(root: Path, last: int) -> list[dict]:
-    """Every finished run under `root`: its resolved config and validation score."""
-    runs = []
+def run_files(root: Path) -> list[tuple[Path, dict]]:
+    """(where, results) of every run: the results.json files under a sweep folder, in name
+    order, or the runs of a packed sweep file (`python -m fedper.plot pack`), in run order."""
+    if root.is_file():
+        try:
+            runs = read_packed(root)
+        except PlotError as error:
+            raise SearchError(str(error)) from None
+        return [(root / run["run"], run) for run in sorted(runs, key=lambda run: run["run"])]
+    found = []
     for path in sorted(root.rglob("results.json")):
         try:
-            results = json.loads(path.read_text())
-            config, rounds = results["config"], results["rounds"]
-        except (OSError, ValueError, KeyError) as error:
+            found.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as error:
             raise SearchError(f"{path} cannot be read ({error}): rerun the search sweep") from None
+    return found
+
+
+def read_runs(root: Path, last: int) -> list[dict]:
+    """Every finished run under `root` (a sweep folder or a packed sweep): its resolved config
+    and validation score."""
+    runs = []
+    for path, results in run_files(root):
+        try:
+            config, rounds = results["config"], results["rounds"]
+        except KeyError as error:
+            raise SearchError(f"{path} holds no {error}: rerun the search sweep") from None
         if len(rounds) < int(config["num_rounds"]):
             raise SearchError(
                 f"{path.parent} has {len(rounds)} of {config['num_rounds']} rounds: finish the "
@@ -145,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fedper.search", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("runs", type=Path, help="the search sweep's folder (hydra.sweep.dir)")
+    parser.add_argument("runs", type=Path,
+                        help="the search sweep's folder (hydra.sweep.dir) or its packed *.jsonl.gz")  # fmt: skip
     parser.add_argument("--last", type=int, default=5, help="rounds averaged at the end (5)")
     args = parser.parse_args(argv)
     try:

@@ -3,13 +3,15 @@ printed config runs exactly those settings."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fedper.search import choose, main, read_runs
+from fedper.plot.pack import PACKED_FORMAT
+from fedper.search import choose, main, read_runs, validation_score
 from fedper.sweeps import expand_jobs
 
 
@@ -107,3 +109,17 @@ def test_settings_run_on_different_numbers_of_seeds_are_refused(tmp_path: Path):
     write_run(root, "b101", [0.9] * 5, seed=101, learning_rate=0.05)
     with pytest.raises(Exception, match=r"different numbers of seeds \(\[1, 2\]\)"):
         choose(read_runs(root, last=5))
+
+
+def test_a_packed_search_gives_the_same_choice_as_its_folder(search: Path, tmp_path: Path):
+    packed = tmp_path / "search_runs.jsonl.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as out:
+        for path in sorted(search.rglob("results.json")):
+            run = json.loads(path.read_text())
+            out.write(json.dumps({"format": PACKED_FORMAT, "run": path.parent.name, **run}) + "\n")
+    assert choose(read_runs(packed, last=5)) == choose(read_runs(search, last=5))
+
+
+def test_rounds_without_evaluation_are_not_among_the_last_rounds():
+    rounds = [{"val_accuracy": 0.9}, {"val_accuracy": 0.8}, {"evaluated": False}]
+    assert validation_score(rounds, last=2) == pytest.approx(0.85)
