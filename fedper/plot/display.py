@@ -99,7 +99,7 @@ VALUE_FORMATS = {
     "partition.name": lambda v: PARTITION_NAMES.get(v, v),
     "shift.name": lambda v: "no shift" if v == "none" else f"{v} shift",
 }
-PARTITION_NAMES = {"dirichlet": "Dirichlet", "pathological": "pathological"}
+PARTITION_NAMES = {"dirichlet": "Dirichlet", "pathological": "pathological", "iid": "IID labels"}
 # How the data is split and shifted is named by these keys alone in titles: the others of
 # their groups (a partition's min_size, a shift's groups and transforms) are details.
 NAMING_KEYS = ("partition.name", "partition.alpha", "shift.name")
@@ -130,6 +130,8 @@ def describe(row: pd.Series, keys: list[str]) -> str:
             continue  # every client, every round: the client count says it
         if key == "model.local_bn" and text(value) == "False":
             continue  # the default: only the exception is named
+        if key == "dataset.num_classes" and text(row.get("partition.name")) not in ("pathological", ""):  # fmt: skip
+            continue  # classes per client are the pathological split's: other splits ignore it
         parts.append(format_value(key, value))
     if "Dirichlet" in parts and any(p.startswith("α") for p in parts):
         alpha = next(p for p in parts if p.startswith("α"))

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from fedper.algorithms import ALGORITHMS
 from fedper.atomic import write_atomic
 from fedper.plot.display import (
     NAMING_KEYS,
@@ -50,11 +51,23 @@ DPI = 300
 MAX_COLUMNS = 3
 PANEL_SIZE = (3.5, 2.7)  # inches per panel: three panels and the legend fill a 16:9 slide
 LEGEND_LINE = 0.25  # inches per legend entry at the legend's font size
+LEGEND_CHAR = 0.09  # inches per character of a legend label at the legend's font size
 FONT = {"title": 13, "label": 12, "tick": 11, "legend": 11, "suptitle": 15}
 
 
 def is_panel_key(key: str) -> bool:
     return key in PANEL_KEYS or key.startswith(("partition.", "shift."))
+
+
+# settings read only by algorithms with this registry flag: another algorithm's line does not
+# name them
+USED_ONLY_WITH = {"fedrep.head_epochs": "head_then_base", "finetune_epochs": "finetune_head"}
+
+
+def setting_used(key: str, algorithm: object) -> bool:
+    """Whether the algorithm reads the setting (unknown algorithms: yes)."""
+    entry = ALGORITHMS.get(str(algorithm))
+    return key not in USED_ONLY_WITH or entry is None or getattr(entry, USED_ONLY_WITH[key])
 
 
 def line_labels(settings: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -64,15 +77,13 @@ def line_labels(settings: pd.DataFrame, keys: list[str]) -> list[str]:
         varying.insert(0, "algorithm")  # a line always says which algorithm it is
 
     def label(row: pd.Series, drop_heads: bool) -> str:
+        algorithm = row.get("algorithm")
         shown = [
             key
             for key in varying
-            if not (
-                drop_heads
-                and key == "model.num_head_layers"
-                and not head_count_matters(row.get("algorithm"))
-            )  # fmt: skip
-        ]
+            if not (drop_heads and key == "model.num_head_layers" and not head_count_matters(algorithm))
+            and setting_used(key, algorithm)
+        ]  # fmt: skip
         return describe(row, shown)
 
     labels = [label(row, drop_heads=True) for _, row in settings.iterrows()]
@@ -196,7 +207,9 @@ def _figure(
     # tall enough for the legend too: a line per entry, the caption and a partial-round entry
     legend_height = LEGEND_LINE * (len(set(labels)) + 4)
     height = max(PANEL_SIZE[1] * rows + 0.7, legend_height)
-    fig = Figure(figsize=(PANEL_SIZE[0] * columns + 2.8, height), layout="constrained")
+    # and wide enough for its longest label, so that the panels keep their size beside it
+    legend_width = max(2.8, LEGEND_CHAR * max(map(len, labels)) + 0.9)
+    fig = Figure(figsize=(PANEL_SIZE[0] * columns + legend_width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no global backend state
     axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
     partial = False
