@@ -240,13 +240,23 @@ def format_deployment(report: dict) -> str:
         f"deployment / simulation, later rounds: {report['ratio_deployment_over_simulation']:.1f}x"
         f"; same per-client metrics: {report['same_per_client_metrics']}",
         "",
-        f"ClientApp cold start (median of {cold['repeats']} fresh processes, s):",
+        *cold_start_lines(cold, report["targets"]["cold_start_seconds_max"]),
+        "",
+        "polling on a message's way (s):",
     ]
+    lines += [f"  {p['seconds']} {p['where']}: {p['what']}" for p in report["flower_polling"]]
+    lines.append("timings come from a machine that may be shared: compare them within one run")
+    return "\n".join(lines)
+
+
+def cold_start_lines(cold: dict, target: float) -> list[str]:
+    """A fresh ClientApp process: its parts, Flower's share and ours, and what it imported."""
+    lines = [f"ClientApp cold start (median of {cold['repeats']} fresh processes, s):"]
     lines += [f"  {key:24}{value:8.3f}" for key, value in cold["parts"].items()]
-    lines += [
+    return lines + [
         f"  Python + Flower {cold['python_and_flower_seconds']:.2f} s; ours (torch, fedper, "
         f"data, model, head, handler, first-call extra; not the training itself) {cold['ours_seconds']:.2f} s "
-        f"(target {report['targets']['cold_start_seconds_max']} s); first train call "
+        f"(target {target} s); first train call "
         f"{cold['first_train_call_seconds']:.2f} s, warm {cold['warm_train_call_seconds']:.2f} s",
         "  the first train call's extra over the same training warm: "
         f"{cold['parts']['first_call_extra']:.2f} s; it imported "
@@ -267,9 +277,4 @@ def format_deployment(report: dict) -> str:
             )
             or "none"
         ),  # fmt: skip
-        "",
-        "polling on a message's way (s):",
     ]
-    lines += [f"  {p['seconds']} {p['where']}: {p['what']}" for p in report["flower_polling"]]
-    lines.append("timings come from a machine that may be shared: compare them within one run")
-    return "\n".join(lines)

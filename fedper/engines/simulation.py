@@ -98,6 +98,26 @@ def check_ray_answers(address: str, timeout: float) -> None:
         channel.close()
 
 
+def join_cluster(engine: DictConfig, common: dict) -> None:
+    """Join the Ray cluster at `engine.address` (its head checked first), shipping fedper's code
+    to its workers with `engine.ship_code`."""
+    import ray
+
+    check_reachable(engine.address, "engine.address", "start it with `ray start --head`")
+    check_ray_answers(engine.address, engine.get("join_timeout", 10))
+    runtime_env = {"env_vars": {"FLWR_TELEMETRY_ENABLED": "0"}}
+    if engine.ship_code:
+        runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
+    try:
+        with ray_starting():
+            ray.init(address=engine.address, runtime_env=runtime_env, **common)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise FedPerError(
+            f"cannot join the Ray cluster at engine.address={engine.address} "
+            f"({type(error).__name__}): start it with `ray start --head` or fix the address"
+        ) from None
+
+
 @contextmanager
 def ray_for(plan: RunPlan) -> Iterator[None]:
     """A Ray instance for this run: a new local one, or the configured cluster; shut down after.
@@ -118,21 +138,7 @@ def ray_for(plan: RunPlan) -> Iterator[None]:
     authentication = ExitStack()  # closed after Ray is shut down
     try:
         if cfg.engine.name == "ray":
-            check_reachable(
-                cfg.engine.address, "engine.address", "start it with `ray start --head`"
-            )
-            check_ray_answers(cfg.engine.address, cfg.engine.get("join_timeout", 10))
-            runtime_env = {"env_vars": {"FLWR_TELEMETRY_ENABLED": "0"}}
-            if cfg.engine.ship_code:
-                runtime_env["py_modules"] = [str(PROJECT_ROOT / "fedper")]
-            try:
-                with ray_starting():
-                    ray.init(address=cfg.engine.address, runtime_env=runtime_env, **common)
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                raise FedPerError(
-                    f"cannot join the Ray cluster at engine.address={cfg.engine.address} "
-                    f"({type(error).__name__}): start it with `ray start --head` or fix the address"
-                ) from None
+            join_cluster(cfg.engine, common)
         else:
             temp_dir, owner = ray_temp_dir()
             # workers import fedper from wherever this process does (a checkout, PYTHONPATH)
