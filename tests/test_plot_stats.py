@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers.plot_results import config, write_run
 
@@ -259,3 +261,35 @@ def test_each_measure_is_a_holm_family_over_every_comparison_of_the_table(tmp_pa
     # so Holm: 2 * 0.0202 = 0.0404 < 0.05, still resolved
     assert final["p_holm"] == pytest.approx(2 * final["p_value"])
     assert final["verdict_holm"] == "resolved: FedPer ahead"
+
+
+def test_tuned_keys_may_differ_within_a_pair_and_only_one_reference_per_group():
+    from fedper.plot.compare import _pairs, parse_comparison
+    from fedper.plot.runs import PlotError
+
+    def table(*settings: dict) -> pd.DataFrame:
+        return pd.DataFrame({"setting": [json.dumps(s, sort_keys=True) for s in settings]})
+
+    fedper = {
+        "algorithm": "fedper",
+        "model.num_head_layers": 2,
+        "finetune_epochs": 1,
+        "seed_split": "a",
+    }
+    fedrep = {
+        "algorithm": "fedrep",
+        "model.num_head_layers": 1,
+        "finetune_epochs": 1,
+        "seed_split": "a",
+    }
+    other_split = {**fedrep, "seed_split": "b"}
+    plain = parse_comparison("algorithm=fedper")
+    assert list(_pairs(plain, table(fedper, fedrep, other_split))) == []
+    tuned = parse_comparison("algorithm=fedper", ["model.num_head_layers"])
+    pairs = [
+        (ref, theirs) for _, ref, _, theirs in _pairs(tuned, table(fedper, fedrep, other_split))
+    ]
+    assert pairs == [(fedper, fedrep)]  # a key not tuned (seed_split) still keeps pairs apart
+    twice = {**fedper, "model.num_head_layers": 3}
+    with pytest.raises(PlotError, match="differ only in tuned keys"):
+        list(_pairs(tuned, table(fedper, twice, fedrep)))

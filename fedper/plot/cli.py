@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         output = plot_runs(
             args.folders, out_dir, args.figure, args.band, args.compare, args.metric,
-            args.target, args.reused_from,
+            args.target, args.reused_from, tuned=args.tuned,
         )  # fmt: skip
     except PlotError as error:
         print(f"fedper.plot: error: {error}", file=sys.stderr)

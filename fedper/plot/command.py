@@ -48,12 +48,13 @@ def plot_runs(
     target: float = DEFAULT_TARGET,
     reused_from: Sequence[str] = (),
     figures: bool = True,
+    tuned: Sequence[str] = (),
 ) -> PlotOutput:
     """Figures, summary and (with `compare`) paired differences for every run of the sources."""
     # With `figure`, files are `<figure>_<model>.{png,pdf}`, `<figure>_summary.{csv,md}` and
     # `<figure>_differences.{csv,md}`, so several figures can share one output folder;
     # without, `accuracy_<dataset>_<model>.*`, `summary.*` and `differences.*`.
-    comparisons = [parse_comparison(spec) for spec in compare]  # a typo fails before drawing
+    comparisons = [parse_comparison(spec, tuned) for spec in compare]  # a typo fails before drawing
     if not 0 < target <= 1:
         raise PlotError(f"--target {target}: give an accuracy between 0 and 1, e.g. 0.9")
     runs = load_runs(sources, metric)
@@ -101,6 +102,15 @@ def plot_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="paired per-seed differences against the setting with KEY=VALUE, within each "
         "group of settings equal on every other key (repeatable), e.g. algorithm=fedper",
+    )
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key each setting was tuned on (repeatable): the two sides of a comparison may "
+        "differ in it, so each algorithm's chosen setting is compared with the reference's, "
+        "e.g. --tuned model.num_head_layers --tuned finetune_epochs",
     )
     parser.add_argument(
         "--metric",

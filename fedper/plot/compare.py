@@ -46,6 +46,7 @@ class Comparison:
 
     key: str
     value: str
+    tuned: tuple[str, ...] = ()  # keys each setting was tuned on: they may differ within a pair
 
     @property
     def name(self) -> str:
@@ -59,12 +60,13 @@ class Comparison:
         )
 
 
-def parse_comparison(spec: str) -> Comparison:
-    """`algorithm=fedper` -> Comparison("algorithm", "fedper"), or a PlotError saying the form."""
+def parse_comparison(spec: str, tuned: Iterable[str] = ()) -> Comparison:
+    """`algorithm=fedper` -> Comparison("algorithm", "fedper"), or a PlotError saying the form;
+    `tuned` (`--tuned`) names keys that may differ between the two sides of a pair."""
     key, sep, value = (part.strip() for part in spec.partition("="))
     if not (key and sep and value):
         raise PlotError(f"--compare {spec}: write key=value, e.g. --compare algorithm=fedper")
-    return Comparison(key, value)
+    return Comparison(key, value, tuple(tuned))
 
 
 def verdict(
@@ -83,23 +85,28 @@ def verdict(
     return f"resolved: {ahead_if_positive if difference.mean > 0 else ahead_if_negative} ahead"
 
 
-def _without(setting: dict, key: str) -> str:
-    return json.dumps({k: v for k, v in setting.items() if k != key}, sort_keys=True, default=str)
+def _without(setting: dict, keys: tuple[str, ...]) -> str:
+    return json.dumps(
+        {k: v for k, v in setting.items() if k not in keys}, sort_keys=True, default=str
+    )
 
 
 def _pairs(comparison: Comparison, settings: pd.DataFrame) -> Iterable[tuple[pd.Series, dict, pd.Series, dict]]:  # fmt: skip
     """(reference row, its setting, other row, its setting) for every pair to compare."""
-    key = comparison.key
+    ignored = (comparison.key, *comparison.tuned)
     parsed = {s: json.loads(s) for s in settings["setting"]}
-    for _, reference in settings.iterrows():
-        ref = parsed[reference["setting"]]
-        if not comparison.is_reference(ref):
-            continue
-        group = _without(ref, key)
+    references = [row for _, row in settings.iterrows() if comparison.is_reference(parsed[row["setting"]])]  # fmt: skip
+    groups = [_without(parsed[row["setting"]], ignored) for row in references]
+    if comparison.tuned and len(set(groups)) < len(groups):
+        raise PlotError(
+            f"--compare {comparison.name} with --tuned {' '.join(comparison.tuned)}: several "
+            f"settings with {comparison.name} differ only in tuned keys; keep one of them"
+        )
+    for reference, group in zip(references, groups, strict=True):
         for _, other in settings.iterrows():
             theirs = parsed[other["setting"]]
-            if not comparison.is_reference(theirs) and _without(theirs, key) == group:
-                yield reference, ref, other, theirs
+            if not comparison.is_reference(theirs) and _without(theirs, ignored) == group:
+                yield reference, parsed[reference["setting"]], other, theirs
 
 
 def _reuse_of_pair(reference: tuple[str, str], other: tuple[str, str]) -> str:

@@ -53,7 +53,7 @@ def redraw(manifest: str | Path, out_root: str | Path | None = None, figures: bo
         reused = [f"{name}={base / source}" for name, source in entry.reused_from.items()]
         output = plot_runs(
             options.folders, root / entry.out, options.figure, options.band, options.compare,
-            options.metric, options.target, reused, figures,
+            options.metric, options.target, reused, figures, tuned=options.tuned,
         )  # fmt: skip
         written += [*output.figures, *output.tables]
     return written
