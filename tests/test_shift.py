@@ -135,7 +135,7 @@ def test_every_node_derives_the_same_shifts_and_the_fingerprint_covers_them(tmp_
         (["shift=feature", "shift.rotations=abc"], "shift.rotations=abc must be a list of 4 numbers, one per group (shift.groups=4)"),
         (["shift=feature", "shift.contrasts=[1,0,1,1]"], "shift.contrasts=[1.0, 0.0, 1.0, 1.0] has 0.0: use numbers in [-1, 1] other than 0 (1 = unchanged, -1 = inverted, 0.5 = half contrast)"),
         (["shift=feature", "shift.contrasts=[1,2,1,1]"], "shift.contrasts=[1.0, 2.0, 1.0, 1.0] has 2.0: use numbers in [-1, 1] other than 0 (1 = unchanged, -1 = inverted, 0.5 = half contrast)"),
-        (["shift=concept", "+shift.rotations=[0]"], "shift.rotations is not a fedper setting: check the spelling (the settings are in conf/base.yaml and conf/<group>/)"),
+        (["shift=concept", "+shift.rotations=[0]"], "shift.rotations is not a setting of the chosen shift: only shift=feature has it"),
     ],
 )  # fmt: skip
 def test_bad_shift_settings_are_named_in_one_line(overrides, message):
