@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import SMALL, make_config, run_local
+from helpers import resume_run, start_run
 
 from fedper.errors import FedPerError, StateFileError
-from fedper.experiment import run_experiment
 from fedper.heads import DiskHeadStore, ForeignHeadError, head_layout
 from fedper.results import load_results
 from fedper.tensor_files import save_tensors
@@ -92,33 +91,19 @@ def test_a_head_without_an_owner_is_refused(tmp_path):
         store.load_version(0, before_round=2)
 
 
-def settings(root, overrides=()):
-    return [*SMALL, f"data_dir={root / 'datasets'}", f"state_dir={root / 'states'}", *overrides]
-
-
-def start(root, overrides=(), run="run"):
-    given = settings(root, overrides)
-    return run_experiment(make_config(given), root / run, given, engine=run_local)
-
-
-def resume(run_dir, overrides=()):
-    given = [f"resume={run_dir}", *overrides]
-    return run_experiment(make_config(given), "unused-hydra-dir", given, engine=run_local)
-
-
 def heads_of(root, run_dir):
     return root / "states" / load_results(run_dir)["run_id"]
 
 
 def test_heads_swapped_between_rounds_stop_the_run_in_one_line(tmp_path):
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     run_dir, heads = tmp_path / "run", heads_of(tmp_path, tmp_path / "run")
     first, second = heads / "client_0.pt", heads / "client_1.pt"
     first_bytes = first.read_bytes()
     first.write_bytes(second.read_bytes())
     second.write_bytes(first_bytes)
     with pytest.raises(FedPerError) as error:
-        resume(run_dir, ["num_rounds=2"])
+        resume_run(run_dir, ["num_rounds=2"])
     message = str(error.value)
     assert message.startswith(f"{heads}/client_") and "\n" not in message
     assert "holds the head of client " in message and message.endswith(WAY_OUT)
@@ -126,15 +111,15 @@ def test_heads_swapped_between_rounds_stop_the_run_in_one_line(tmp_path):
 
     second.unlink()
     first.unlink()
-    resumed = resume(run_dir, ["num_rounds=2", "restart_lost_heads=true"])
+    resumed = resume_run(run_dir, ["num_rounds=2", "restart_lost_heads=true"])
     assert resumed["rounds"][1]["restarted_heads"] == [0, 1]
 
 
 def test_a_head_copied_from_another_run_stops_the_run(tmp_path):
-    start(tmp_path, ["num_rounds=1"], run="theirs")
-    start(tmp_path, ["num_rounds=1"], run="ours")
+    start_run(tmp_path, ["num_rounds=1"], run="theirs")
+    start_run(tmp_path, ["num_rounds=1"], run="ours")
     ours = heads_of(tmp_path, tmp_path / "ours") / "client_2.pt"
     shutil.copy(heads_of(tmp_path, tmp_path / "theirs") / "client_2.pt", ours)
     theirs_id = load_results(tmp_path / "theirs")["run_id"]
     with pytest.raises(FedPerError, match=f"^{ours} holds a head of run {theirs_id}, not of "):
-        resume(tmp_path / "ours", ["num_rounds=2"])
+        resume_run(tmp_path / "ours", ["num_rounds=2"])

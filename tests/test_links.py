@@ -9,31 +9,16 @@ import shutil
 
 import pytest
 import torch
-from helpers import SMALL, make_config, run_local
+from helpers import resume_run, start_run
 
 from fedper.atomic import write_text_atomic
 from fedper.errors import FedPerError, StorageError
-from fedper.experiment import run_experiment
 from fedper.heads import DiskHeadStore, head_layout
 from fedper.results import load_results
 from fedper.rundir import RunDirError, RunLock
 
 RUN_ID = "20240131-235959-0123abcd"
 MINE = "my own notes\n"
-
-
-def settings(root, overrides=()):
-    return [*SMALL, f"data_dir={root / 'datasets'}", f"state_dir={root / 'states'}", *overrides]
-
-
-def start(root, overrides=(), run="run"):
-    given = settings(root, overrides)
-    return run_experiment(make_config(given), root / run, given, engine=run_local)
-
-
-def resume(run_dir, overrides=()):
-    given = [f"resume={run_dir}", *overrides]
-    return run_experiment(make_config(given), "unused-hydra-dir", given, engine=run_local)
 
 
 @pytest.fixture
@@ -48,7 +33,7 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path, 
     run_dir.mkdir()
     (run_dir / ".run.lock").symlink_to(users_file)
     with pytest.raises(RunDirError) as error:
-        start(tmp_path)
+        start_run(tmp_path)
     assert str(error.value) == (
         f"{run_dir / '.run.lock'} is a symbolic link (to {users_file}): fedper never reads or "
         "writes through a link; remove it, or choose another hydra.run.dir"
@@ -73,12 +58,12 @@ def test_a_lock_file_that_is_a_hard_link_or_a_fifo_is_refused(tmp_path, users_fi
 
 @pytest.mark.parametrize("name", ["results.json", "checkpoint.pt", "run_config.json"])
 def test_a_run_file_replaced_by_a_symlink_is_refused_before_any_work(tmp_path, users_file, name):
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     run_dir = tmp_path / "run"
     (run_dir / name).unlink()
     (run_dir / name).symlink_to(users_file)
     with pytest.raises(RunDirError) as error:
-        resume(run_dir, ["num_rounds=2"])
+        resume_run(run_dir, ["num_rounds=2"])
     assert str(error.value) == (
         f"{run_dir / name} is a symbolic link (to {users_file}): fedper never reads or writes "
         "through a link; remove it, or choose another hydra.run.dir"
@@ -125,13 +110,13 @@ def test_a_heads_folder_planted_as_a_symlink_is_refused(tmp_path):
 
 
 def test_a_planted_heads_folder_stops_the_run_before_a_head_is_written(tmp_path):
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     run_dir = tmp_path / "run"
     heads = tmp_path / "states" / load_results(run_dir)["run_id"]
     moved = shutil.move(heads, tmp_path / "moved")
     heads.symlink_to(moved)
     before = {p.name: p.read_bytes() for p in moved.iterdir()}
     with pytest.raises(FedPerError, match=f"{heads} is a symbolic link"):
-        resume(run_dir, ["num_rounds=2"])
+        resume_run(run_dir, ["num_rounds=2"])
     assert {p.name: p.read_bytes() for p in moved.iterdir()} == before
     assert len(load_results(run_dir)["rounds"]) == 1

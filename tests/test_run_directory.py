@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 import pytest
-from helpers import SMALL, make_config, run_local
+from helpers import SMALL, make_config, resume_run, run_local, start_run
 
 from fedper.commit import RoundCommit
 from fedper.errors import ConfigError, FedPerError, Interrupted, StateFileError
@@ -28,35 +28,15 @@ def comparable(results):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in results["rounds"]]
 
 
-def local_engine(plan):
-    run_local(plan)
-
-
 def no_engine(plan):
     raise AssertionError("the engine must not start")
-
-
-def settings(root, overrides=()):
-    return [*SMALL, f"data_dir={root / 'datasets'}", f"state_dir={root / 'states'}", *overrides]
-
-
-def start(root, overrides=(), run="run", engine=local_engine):
-    """`python -m fedper.main <overrides> hydra.run.dir=<root/run>`, clients in this process."""
-    given = settings(root, overrides)
-    return run_experiment(make_config(given), root / run, given, engine=engine)
-
-
-def resume(run_dir, overrides=(), engine=local_engine):
-    """`python -m fedper.main resume=<run_dir> <overrides>`."""
-    given = [f"resume={run_dir}", *overrides]
-    return run_experiment(make_config(given), "unused-hydra-dir", given, engine=engine)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A complete 2-round run, copied by tests that damage it."""
     root = tmp_path_factory.mktemp("finished")
-    return root, start(root, run="run")
+    return root, start_run(root, run="run")
 
 
 def copy_of(finished, name):
@@ -69,7 +49,7 @@ def test_a_second_start_in_a_directory_in_use_is_refused_naming_the_holder(tmp_p
     run_dir = tmp_path / "run"
     with RunLock(run_dir):
         with pytest.raises(RunDirError) as error:
-            start(tmp_path, engine=no_engine)
+            start_run(tmp_path, engine=no_engine)
     assert str(error.value) == (
         f"{run_dir} is in use by another fedper run (PID {os.getpid()} on "
         f"{socket.gethostname()}): wait for it to end or stop it, or choose another hydra.run.dir"
@@ -87,11 +67,11 @@ def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path):
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(RunDirError, match=rf"\(PID {holder.pid} on "):
-            start(tmp_path, engine=no_engine)
+            start_run(tmp_path, engine=no_engine)
     finally:
         holder.kill()  # SIGKILL: no clean-up of any kind
         holder.wait()
-    start(tmp_path)  # the lock went with the process
+    start_run(tmp_path)  # the lock went with the process
     assert len(load_results(run_dir)["rounds"]) == 2
 
 
@@ -101,7 +81,7 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_alone(tmp_path, for
     run_dir.mkdir()
     (run_dir / foreign).write_text("my own numbers\n")
     with pytest.raises(RunDirError) as error:
-        start(tmp_path, run="mine", engine=no_engine)
+        start_run(tmp_path, run="mine", engine=no_engine)
     assert str(error.value) == (
         f"{run_dir} holds files fedper did not write ({foreign}): choose another hydra.run.dir "
         "(fedper never writes into a folder that is not a fedper run)"
@@ -114,7 +94,7 @@ def test_hydras_files_do_not_count_as_foreign(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "main.log").write_text("")
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     assert len(load_results(run_dir)["rounds"]) == 1
 
 
@@ -141,7 +121,7 @@ def test_damaged_run_files_are_reported_before_any_engine_and_never_used(finishe
         damage(run_dir / name)
         before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
         with pytest.raises(StateFileError) as error:
-            start(root, run=run_dir.name, engine=no_engine)
+            start_run(root, run=run_dir.name, engine=no_engine)
         message = str(error.value)
         assert message.startswith(f"{run_dir / name} is damaged (") and message.endswith(way_out)
         after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
@@ -156,7 +136,7 @@ def test_a_run_id_that_is_not_one_never_names_a_folder(finished):
 
     (run_dir / "run_id").write_text(checked_json(body))
     with pytest.raises(StateFileError) as error:
-        resume(run_dir, ["num_rounds=3"], engine=no_engine)
+        resume_run(run_dir, ["num_rounds=3"], engine=no_engine)
     assert str(error.value) == (
         f"{run_dir / 'run_id'} holds '../../escaped', not a run id (like 20240131-235959-0123abcd):"
         " restore it, or start a fresh run in a new directory"
@@ -170,7 +150,7 @@ def test_a_damaged_results_json_is_rebuilt_from_the_checkpoint(finished, caplog)
     path = run_dir / "results.json"
     path.write_text(path.read_text()[:-200])
     with caplog.at_level(logging.INFO, logger="fedper"):
-        again = start(root, run=run_dir.name, engine=no_engine)
+        again = start_run(root, run=run_dir.name, engine=no_engine)
     assert f"{path} is damaged (JSONDecodeError): rebuilt from checkpoint.pt" in caplog.text
     assert again == load_results(run_dir) and comparable(again) == comparable(results)
 
@@ -178,7 +158,7 @@ def test_a_damaged_results_json_is_rebuilt_from_the_checkpoint(finished, caplog)
 def test_resume_refuses_any_override_but_a_higher_num_rounds(finished):
     run_dir = copy_of(finished, "overrides")
     with pytest.raises(ConfigError) as error:
-        resume(run_dir, ["num_rounds=3", "learning_rate=0.5"], engine=no_engine)
+        resume_run(run_dir, ["num_rounds=3", "learning_rate=0.5"], engine=no_engine)
     assert str(error.value) == (
         f"resume={run_dir} continues a run with its own settings, and learning_rate=0.5 would "
         "change them: only num_rounds may be raised (and where it runs: engine, devices, "
@@ -186,12 +166,12 @@ def test_resume_refuses_any_override_but_a_higher_num_rounds(finished):
         "new run for other settings"
     )
     with pytest.raises(ConfigError) as error:
-        resume(run_dir, ["num_rounds=1"], engine=no_engine)
+        resume_run(run_dir, ["num_rounds=1"], engine=no_engine)
     assert str(error.value) == (
         f"num_rounds=1 is below the run's num_rounds=2: resume={run_dir} may only raise it"
     )
     with pytest.raises(ConfigError, match=f"resume={run_dir} continues .* dataset=cifar10 would"):
-        resume(run_dir, ["dataset=cifar10"], engine=no_engine)
+        resume_run(run_dir, ["dataset=cifar10"], engine=no_engine)
 
 
 def test_resume_from_another_folder_raises_num_rounds_bit_identically(tmp_path, monkeypatch):
@@ -199,11 +179,11 @@ def test_resume_from_another_folder_raises_num_rounds_bit_identically(tmp_path, 
     first.mkdir(), elsewhere.mkdir()
     monkeypatch.chdir(first)
     relative = [*SMALL, "data_dir=datasets", "state_dir=states", "num_rounds=1"]
-    run_experiment(make_config(relative), first / "run", relative, engine=local_engine)
+    run_experiment(make_config(relative), first / "run", relative, engine=run_local)
     run_id = load_results(first / "run")["run_id"]
 
     monkeypatch.chdir(elsewhere)
-    resumed = resume(first / "run", ["num_rounds=2"])
+    resumed = resume_run(first / "run", ["num_rounds=2"])
     assert not any(elsewhere.iterdir()), "the resumed run looked for its folders here"
     heads = sorted(p.name for p in (first / "states" / run_id).iterdir())
     assert heads == ["client_0.pt", "client_1.pt", "client_2.pt"]
@@ -212,7 +192,7 @@ def test_resume_from_another_folder_raises_num_rounds_bit_identically(tmp_path, 
 
     monkeypatch.chdir(first)
     straight = [*SMALL, "data_dir=datasets", "state_dir=states", "num_rounds=2"]
-    reference = run_experiment(make_config(straight), first / "ref", straight, engine=local_engine)
+    reference = run_experiment(make_config(straight), first / "ref", straight, engine=run_local)
     assert comparable(resumed) == comparable(reference)
 
 
@@ -230,14 +210,14 @@ def test_sigterm_and_sigint_take_the_clean_path_and_resume_is_bit_identical(
         monkeypatch.setattr(RoundCommit, "commit", commit_then_signal)
         handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         with pytest.raises(Interrupted) as error:
-            start(tmp_path, run=name)
+            start_run(tmp_path, run=name)
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
         run_dir = tmp_path / name
         assert str(error.value) == (
             f"interrupted after round 1 of 2; continue with: python -m fedper.main resume={run_dir}"
         )
         monkeypatch.setattr(RoundCommit, "commit", commit)
-        assert comparable(resume(run_dir)) == comparable(reference)
+        assert comparable(resume_run(run_dir)) == comparable(reference)
 
 
 def test_scheduled_sampled_evaluation_is_marked_everywhere_and_resumes_bit_identically(
@@ -245,7 +225,7 @@ def test_scheduled_sampled_evaluation_is_marked_everywhere_and_resumes_bit_ident
 ):
     schedule = ["num_rounds=3", "evaluate_every=2", "clients_per_evaluation=2"]
     with caplog.at_level(logging.INFO, logger="fedper"):
-        reference = start(tmp_path, schedule, run="ref")
+        reference = start_run(tmp_path, schedule, run="ref")
     rounds = reference["rounds"]
     assert [r["evaluated"] for r in rounds] == [False, True, True]
     assert rounds[0]["accuracy"] is None and rounds[0]["loss"] is None
@@ -268,15 +248,15 @@ def test_scheduled_sampled_evaluation_is_marked_everywhere_and_resumes_bit_ident
 
     monkeypatch.setattr(RoundCommit, "commit", commit_then_stop)
     with pytest.raises(Interrupted):
-        start(tmp_path, schedule, run="stopped")
+        start_run(tmp_path, schedule, run="stopped")
     monkeypatch.setattr(RoundCommit, "commit", commit)
-    assert comparable(resume(tmp_path / "stopped")) == comparable(reference)
+    assert comparable(resume_run(tmp_path / "stopped")) == comparable(reference)
 
 
 def test_a_partial_round_is_marked_everywhere_and_counted_at_the_end(tmp_path, caplog):
     failing = ["faults.fail_client=1", "faults.fail_round=2", "min_successful_clients=2"]
     with caplog.at_level(logging.INFO, logger="fedper"):
-        results = start(tmp_path, failing)
+        results = start_run(tmp_path, failing)
     run_dir = tmp_path / "run"
     assert [r["partial"] for r in results["rounds"]] == [False, True]
     assert results["rounds"][1]["failures"] == [
@@ -297,7 +277,7 @@ def test_a_partial_round_is_marked_everywhere_and_counted_at_the_end(tmp_path, c
 
 def test_by_default_a_failing_client_stops_the_run_with_its_reason(tmp_path):
     with pytest.raises(Exception) as error:
-        start(tmp_path, ["faults.fail_client=1", "faults.fail_round=2"])
+        start_run(tmp_path, ["faults.fail_client=1", "faults.fail_round=2"])
     assert str(error.value) == (
         "round 2 train: only 2 of 3 client(s) succeeded, fewer than min_successful_clients=3 "
         "(partition-id 1: injected failure of client 1 in round 2 train); "
@@ -309,7 +289,7 @@ def test_by_default_a_failing_client_stops_the_run_with_its_reason(tmp_path):
 def test_a_run_directory_with_other_settings_is_refused(finished):
     root, _ = finished
     with pytest.raises(ConfigError) as error:
-        start(root, ["learning_rate=0.1"], engine=no_engine)
+        start_run(root, ["learning_rate=0.1"], engine=no_engine)
     assert str(error.value) == (
         f"{root / 'run'} holds a run with other settings (learning_rate: 0.01 then, 0.1 now): "
         f"choose another hydra.run.dir, or continue that run with resume={root / 'run'}"
@@ -319,22 +299,22 @@ def test_a_run_directory_with_other_settings_is_refused(finished):
 def test_a_complete_run_is_not_run_again(finished, caplog):
     root, results = finished
     with caplog.at_level(logging.INFO, logger="fedper"):
-        again = start(root, engine=no_engine)
+        again = start_run(root, engine=no_engine)
     assert (
         again == results and f"{root / 'run'} is complete (2 rounds): nothing to run" in caplog.text
     )
 
 
 def test_where_a_run_runs_may_change_between_legs_and_on_resume(tmp_path):
-    first = start(tmp_path, ["num_rounds=1", "engine.num_cpus=1"])
+    first = start_run(tmp_path, ["num_rounds=1", "engine.num_cpus=1"])
     # the same command with another CPU share (a sweep continued with other --jobs) continues
-    second = start(tmp_path, ["num_rounds=1", "client_resources.num_cpus=2"])
+    second = start_run(tmp_path, ["num_rounds=1", "client_resources.num_cpus=2"])
     assert comparable(second) == comparable(first)
     # resume may move it (engine, devices, resources) and raise num_rounds, nothing else
-    resumed = resume(tmp_path / "run", ["num_rounds=2", "engine.num_cpus=2"])
+    resumed = resume_run(tmp_path / "run", ["num_rounds=2", "engine.num_cpus=2"])
     assert [r["round"] for r in resumed["rounds"]] == [1, 2]
     with pytest.raises(ConfigError, match="learning_rate=0.5 would change them"):
-        resume(tmp_path / "run", ["learning_rate=0.5"], engine=no_engine)
+        resume_run(tmp_path / "run", ["learning_rate=0.5"], engine=no_engine)
 
 
 def heads_of(root, run_dir):
@@ -342,13 +322,13 @@ def heads_of(root, run_dir):
 
 
 def test_a_head_lost_between_legs_stops_the_resume_until_the_client_is_restarted(tmp_path):
-    first = start(tmp_path, ["num_rounds=1"])
+    first = start_run(tmp_path, ["num_rounds=1"])
     run_dir = tmp_path / "run"
     assert first["rounds"][0]["trained_clients"] == [0, 1, 2]
     lost = heads_of(tmp_path, run_dir) / "client_1.pt"
     lost.unlink()  # a wiped state_dir, or a node started with another one
     with pytest.raises(FedPerError) as error:
-        resume(run_dir, ["num_rounds=2"])
+        resume_run(run_dir, ["num_rounds=2"])
     assert str(error.value) == (
         f"client 1 trained in round 1, but its head from that round is not in {lost} (there is "
         "none): restore the node's state_dir, or resume with restart_lost_heads=true to start "
@@ -356,23 +336,23 @@ def test_a_head_lost_between_legs_stops_the_resume_until_the_client_is_restarted
     )
     assert len(load_results(run_dir)["rounds"]) == 1, "a round was committed without client 1"
 
-    resumed = resume(run_dir, ["num_rounds=2", "restart_lost_heads=true"])
+    resumed = resume_run(run_dir, ["num_rounds=2", "restart_lost_heads=true"])
     assert [r.get("restarted_heads") for r in resumed["rounds"]] == [None, [1]]
     assert resumed["config"]["restart_lost_heads"] is True
-    resume(run_dir, ["num_rounds=3"])  # client 1 has a head from round 2 again
+    resume_run(run_dir, ["num_rounds=3"])  # client 1 has a head from round 2 again
 
 
 def test_a_head_file_restored_from_an_older_copy_stops_the_resume(tmp_path):
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     run_dir = tmp_path / "run"
     head = heads_of(tmp_path, run_dir) / "client_2.pt"
     after_round_1 = head.read_bytes()
-    resume(run_dir, ["num_rounds=2"])
+    resume_run(run_dir, ["num_rounds=2"])
     head.write_bytes(after_round_1)  # versions {1}, where the server counts round 2
     with pytest.raises(FedPerError, match=r"^client 2 trained in round 2, but .*\(its newest is "
                        r"from round 1\): restore the node's state_dir, or resume with "
                        "restart_lost_heads=true"):  # fmt: skip
-        resume(run_dir, ["num_rounds=3"])
+        resume_run(run_dir, ["num_rounds=3"])
 
 
 @pytest.mark.parametrize("resumed", [False, True])
@@ -387,20 +367,20 @@ def test_a_start_checks_its_config_and_claims_its_directory_once(tmp_path, monke
             counted = lambda *a, _n=name, _f=real: calls.append(_n) or _f(*a)  # noqa: E731
             monkeypatch.setattr(module, name, counted, raising=False)
     if resumed:
-        start(tmp_path, ["num_rounds=1"])
+        start_run(tmp_path, ["num_rounds=1"])
         calls.clear()
-        resume(tmp_path / "run", ["num_rounds=2"])
+        resume_run(tmp_path / "run", ["num_rounds=2"])
     else:
-        start(tmp_path)
+        start_run(tmp_path)
     assert sorted(calls) == ["claim_run_dir", "validate_config"]
 
 
 def test_a_run_folder_is_the_same_run_wherever_its_data_and_heads_live(tmp_path):
     """A fresh clone or another machine has other absolute folders: same run, not refused."""
-    start(tmp_path, ["num_rounds=1"])
+    start_run(tmp_path, ["num_rounds=1"])
     shutil.copytree(tmp_path / "datasets", tmp_path / "elsewhere")
     moved = [f"data_dir={tmp_path / 'elsewhere'}", "num_rounds=1"]
-    assert start(tmp_path, moved, engine=no_engine)["rounds"]  # finished: returns at once
+    assert start_run(tmp_path, moved, engine=no_engine)["rounds"]  # finished: returns at once
 
 
 def test_a_run_folder_written_with_a_debug_section_is_still_the_same_run(finished):
@@ -410,5 +390,5 @@ def test_a_run_folder_written_with_a_debug_section_is_still_the_same_run(finishe
     body["debug"] = body.pop("faults")
     del body["evaluate_every"], body["clients_per_evaluation"]  # written before they existed
     (run_dir / "run_config.json").write_text(checked_json({"config": body}))
-    assert resume(run_dir, engine=no_engine)["rounds"]
-    assert start(run_dir.parent, run="debug", engine=no_engine)["rounds"]
+    assert resume_run(run_dir, engine=no_engine)["rounds"]
+    assert start_run(run_dir.parent, run="debug", engine=no_engine)["rounds"]

@@ -7,8 +7,11 @@ from helpers.harness import (
     newest_head,
     node_configs,
     plan_local,
+    resume_run,
     run_local,
+    run_settings,
     set_task_identity,
+    start_run,
 )
 from helpers.processes import read_results, run_main
 
@@ -22,7 +25,10 @@ __all__ = [
     "node_configs",
     "plan_local",
     "read_results",
+    "resume_run",
     "run_local",
     "run_main",
+    "run_settings",
     "set_task_identity",
+    "start_run",
 ]

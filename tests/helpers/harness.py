@@ -16,6 +16,7 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedper import client_app
+from fedper.experiment import run_experiment
 from fedper.planning import plan_run
 from fedper.server_app import run_server
 from fedper.spec import RunPlan
@@ -120,3 +121,20 @@ def newest_head(store, cid: int, before_round: int):
     """The newest head a store holds from a round before `before_round`; None if none."""
     found = store.load_version(cid, before_round)
     return found[1] if found is not None else None
+
+
+def run_settings(root: Path, overrides=()) -> list[str]:
+    """The small test run's overrides, its datasets and heads under `root`."""
+    return [*SMALL, f"data_dir={root / 'datasets'}", f"state_dir={root / 'states'}", *overrides]
+
+
+def start_run(root: Path, overrides=(), run: str = "run", engine=run_local):
+    """`python -m fedper.main <overrides> hydra.run.dir=<root/run>`, clients in this process."""
+    given = run_settings(root, overrides)
+    return run_experiment(make_config(given), root / run, given, engine=engine)
+
+
+def resume_run(run_dir, overrides=(), engine=run_local):
+    """`python -m fedper.main resume=<run_dir> <overrides>`."""
+    given = [f"resume={run_dir}", *overrides]
+    return run_experiment(make_config(given), "unused-hydra-dir", given, engine=engine)
