@@ -110,19 +110,20 @@ class ClientWorker:
         self._host_data: dict[int, ClientData] = {}
         self._device_data: tuple[int, ClientData] | None = None
 
-    def check_client(self, cid: int, num_partitions: int | None) -> None:
-        """This node's partition-id and num-partitions fit the run."""
-        clients = self.cfg.num_clients
-        if num_partitions is not None and int(num_partitions) != clients:
+    def check_client(self, cid: int, num_partitions: int | None, nodes: int | None = None) -> None:
+        """This node's partition-id and num-partitions fit the run (or, given `nodes`, the
+        simulation's shared nodes)."""
+        count = nodes or self.cfg.num_clients
+        what = f"num_clients={count}" if nodes is None else f"{count} simulation nodes"
+        if num_partitions is not None and int(num_partitions) != count:
             raise ClientSetupError(
                 f"client {cid} on node {node_name()} has num-partitions={num_partitions} but "
-                f"the run has num_clients={clients}: start its SuperNode with "
-                f"--node-config 'num-partitions={clients} ...'"
+                f"the run has {what}: start its SuperNode with "
+                f"--node-config 'num-partitions={count} ...'"
             )
-        if not 0 <= cid < clients:
+        if not 0 <= cid < count:
             raise ClientSetupError(
-                f"node {node_name()} has partition-id={cid}, outside 0-{clients - 1} for "
-                f"num_clients={clients}"
+                f"node {node_name()} has partition-id={cid}, outside 0-{count - 1} for {what}"
             )
 
     def data(self, cid: int) -> ClientData:

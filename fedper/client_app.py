@@ -1,8 +1,8 @@
 """The ClientApp: Flower messages in, calls into `fedper.client`, messages out.
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
-ConfigRecord, the round, the last round its training counted in, the shared arrays packed as
-one array, `fedper.packing`) or comes from the node's own config (`partition-id`,
+ConfigRecord, the round, the client it is for, the last round its training counted in, the
+shared arrays packed as one array, `fedper.packing`) or comes from the node's own config (`partition-id`,
 `num-partitions`, `data-dir`, `state-dir`; the test-only `rogue="nan"` forges replies). A
 problem that makes the client unfit for the run (a folder it cannot see, a partition that
 differs from the server's, an out-of-memory GPU) is answered with a `fatal` record, and the
@@ -20,22 +20,44 @@ from fedper.client import ClientWorker, worker_for
 from fedper.errors import FedPerError
 from fedper.node import ClientSetupError, NodePaths
 from fedper.packing import pack, unpack
-from fedper.spec import FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec
+from fedper.spec import CLIENT_KEY, FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec, shared_nodes
 
 app = ClientApp()
 
 
-def client_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+def named_client(msg: Message) -> int | None:
+    """The client a message names (the start-up query names none)."""
+    configs = msg.content.config_records
+    value = configs["config"].get(CLIENT_KEY) if "config" in configs else None
+    return int(value) if value is not None else None
+
+
+def client_id(msg: Message, context: Context, nodes: int | None) -> int:
+    """The client a message is for: the node's own partition-id, or, on a simulation whose
+    `nodes` nodes serve clients in turn, the client the message names."""
+    own, named = int(context.node_config["partition-id"]), named_client(msg)
+    if nodes is not None:
+        return own if named is None else named
+    if named is not None and named != own:
+        raise ClientSetupError(
+            f"a message for client {named} reached the node of partition-id={own}: the server "
+            "and this node disagree about which client it serves; restart the node"
+        )
+    return own
 
 
 def worker(msg: Message, context: Context) -> tuple[ClientWorker, int, int]:
     """The run's worker on this node, the client id and the round of a message."""
     config = msg.content["config"]
     spec = RunSpec.from_json(str(config[SPEC_KEY]))
-    cid = client_id(context)
+    nodes = shared_nodes(spec.cfg)
+    cid = client_id(msg, context, nodes)
     runner = worker_for(spec, NodePaths.of(spec, context.node_config))
-    runner.check_client(cid, context.node_config.get("num-partitions"))
+    partitions = context.node_config.get("num-partitions")
+    if nodes is not None and named_client(msg) is None:  # the start-up query: the node itself
+        runner.check_client(cid, partitions, nodes)
+    else:
+        runner.check_client(cid, None if nodes is not None else partitions)
     injected_fault(spec, cid, int(config.get("server-round", 0)), msg.metadata.message_type)
     return runner, cid, int(config.get("server-round", 0))
 
@@ -62,7 +84,8 @@ def reply(msg: Message, metrics: dict, arrays: ArrayRecord | None = None) -> Mes
 
 def fatal(msg: Message, context: Context, error: FedPerError) -> Message:
     """A reply that stops the run: the client cannot take part as configured."""
-    cid = context.node_config.get("partition-id", -1)
+    named = named_client(msg)
+    cid = named if named is not None else context.node_config.get("partition-id", -1)
     record = ConfigRecord({"reason": str(error), "cid": int(cid)})
     return Message(content=RecordDict({FATAL: record}), reply_to=msg)
 
@@ -94,7 +117,7 @@ def introduce(msg: Message, context: Context) -> Message:
         worker(msg, context)
     except FedPerError as error:
         return fatal(msg, context, error)
-    return reply(msg, {"cid": client_id(context)})
+    return reply(msg, {"cid": int(context.node_config["partition-id"])})
 
 
 @app.train()

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 
 from fedper.errors import FedPerError, Interrupted, resume_command
 from fedper.replies import failure_reason, fatal_reason
-from fedper.spec import SPEC_KEY, RunPlan
+from fedper.spec import SPEC_KEY, RunPlan, shared_nodes
 
 POLL_SECONDS = 0.02  # how often the server asks the Grid for replies
 
@@ -28,6 +28,8 @@ class ClientLink:
         self.connect_timeout = float(engine.connect_timeout)
         self.reply_timeout = float(engine.reply_timeout)
         self.num_clients = int(plan.spec.cfg.num_clients)
+        # the nodes discovery waits for: one per client, or the simulation's shared nodes
+        self.num_nodes = shared_nodes(plan.spec.cfg) or self.num_clients
         self.push_seconds = 0.0  # the last exchange's push of its messages to the engine
         self.received_at: dict[int, float] = {}  # cid -> when its last reply came in (wall)
 
@@ -77,8 +79,24 @@ class ClientLink:
                 raise FedPerError(reason)
         return answered
 
+    def exchange_in_waves(
+        self, messages: dict[int, Message], what: str, wave: int | None
+    ) -> dict[int, tuple[Message, Message]]:
+        """`exchange`, `wave` messages at a time (all at once when None): Flower's simulation
+        hands each node one message per pass over its nodes, and each pass looks at every
+        message waiting, so thousands at once would cost far more than their compute."""
+        if wave is None or len(messages) <= wave:
+            return self.exchange(messages, what)
+        items, answered, pushing = list(messages.items()), {}, 0.0
+        for start in range(0, len(items), wave):
+            answered.update(self.exchange(dict(items[start : start + wave]), what))
+            pushing += self.push_seconds
+        self.push_seconds = pushing
+        return answered
+
     def discover(self) -> dict[int, int]:
-        """Ask every node which client it serves, until all `num_clients` answered: cid -> node.
+        """Ask every node which partition it serves, until all `num_nodes` answered:
+        partition-id -> node.
 
         Each node is asked once, all at once, as it appears; the map this gives is the only
         source of client ids for the rest of the run.
@@ -86,7 +104,7 @@ class ClientLink:
         deadline = time.monotonic() + self.connect_timeout
         node_of: dict[int, int] = {}
         asked: set[int] = set()
-        while len(node_of) < self.num_clients:
+        while len(node_of) < self.num_nodes:
             self.stopped()
             new = [node for node in self.grid.get_node_ids() if node not in asked]
             if new:
@@ -100,7 +118,7 @@ class ClientLink:
                 for node, (_, reply) in sorted(answers.items()):
                     self.introduced(node_of, node, reply)
             elif time.monotonic() > deadline:
-                missing = sorted(set(range(self.num_clients)) - set(node_of))
+                missing = sorted(set(range(self.num_nodes)) - set(node_of))
                 raise FedPerError(
                     f"client(s) {missing} did not connect within engine.connect_timeout="
                     f"{self.connect_timeout:g} s: start a SuperNode with partition-id=<cid> "
@@ -115,9 +133,9 @@ class ClientLink:
         if reply.has_error():
             raise FedPerError(f"a client failed to start: {failure_reason(reply.error.reason)}")
         cid = reply.content["metrics"]["cid"]
-        if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < self.num_clients:
+        if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < self.num_nodes:
             raise FedPerError(
-                f"node {node} serves partition-id={cid!r}, not one of 0-{self.num_clients - 1}"
+                f"node {node} serves partition-id={cid!r}, not one of 0-{self.num_nodes - 1}"
             )
         if cid in node_of:
             raise FedPerError(

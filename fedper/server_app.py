@@ -124,9 +124,12 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     link = ClientLink(grid, plan, stop)
     strategy = FedPerStrategy(
         link.discover(), cfg.clients_per_round, cfg.seed,
-        cfg.get("clients_per_evaluation"), cfg.get("evaluate_every", 1),
+        cfg.get("clients_per_evaluation"), cfg.get("evaluate_every", 1), cfg.num_clients,
     )  # fmt: skip
     rounds = Rounds(link, strategy, ReplyCheck(plan.header["partition"]), cfg, spec.run_dir)
+    if strategy.wave:
+        log.info("%d clients on %d simulation nodes, each serving clients in turn (engine.max_nodes)",
+                 len(strategy.clients), strategy.wave)  # fmt: skip
     if checkpoint is not None:
         strategy.restore_head_rounds(checkpoint.results["rounds"])
     trackers = RunTrackers.open(spec, results.rounds)  # logger=...: each committed round
@@ -187,7 +190,9 @@ class Rounds:
         messages = self.strategy.messages(clients, record, self.link.config(round_num), kind)
         sent = record_bytes(record) * len(messages)
         self.bytes_down[round_num] = self.bytes_down.get(round_num, 0) + sent
-        answered = self.link.exchange(messages, f"round {round_num} {name}")
+        answered = self.link.exchange_in_waves(
+            messages, f"round {round_num} {name}", self.strategy.wave
+        )
         self.paths[name] = path_seconds(
             [(sent.metadata.created_at, reply, self.link.received_at[cid])
              for cid, (sent, reply) in answered.items()],

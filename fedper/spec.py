@@ -21,9 +21,19 @@ SPEC_KEY = "fedper-spec"
 # must be from that round); and the metric a client adds when it started over from its
 # initial head because that head was lost (`restart_lost_heads`).
 HEAD_ROUND_KEY = "head-round"
+# The client a train or evaluate message is for (a simulation node may serve several in turn).
+CLIENT_KEY = "client-id"
 RESTARTED_METRIC = "head_restarted"
 # The record a client answers with when it cannot take part at all; the server stops the run.
 FATAL = "fatal"
+
+
+def shared_nodes(cfg: DictConfig) -> int | None:
+    """How many Flower nodes a simulation starts when it has more clients than
+    `engine.max_nodes`: each node then serves whichever client a message names. None when every
+    node is one client (up to `max_nodes` clients, and always on the Deployment Engine)."""
+    limit = cfg.engine.get("max_nodes") if cfg.engine.name in ("simulation", "ray") else None
+    return int(limit) if limit is not None and cfg.num_clients > limit else None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedper.spec import HEAD_ROUND_KEY
+from fedper.spec import CLIENT_KEY, HEAD_ROUND_KEY
 
 ARRAYS, CONFIG = "arrays", "config"  # where a message carries the shared arrays and settings
 
@@ -21,20 +21,28 @@ class FedPerStrategy:
     client), the whole model for FedAvg, nothing for local training. Clients are drawn from the
     run's seed per round (Flower's default sampler uses the global `random`), for training and
     for evaluation, and messages are addressed by client id, so a rerun asks the same clients.
+
+    `nodes` maps each node's partition-id to its node id. With one node per client the two are
+    the same; with fewer nodes than `num_clients` (a large simulation) each message names its
+    client and goes to a node in turn, `wave` messages (one per node) at a time.
     """
 
     def __init__(
         self,
-        node_of_client: dict[int, int],
+        nodes: dict[int, int],
         clients_per_round: int,
         seed: int,
         clients_per_evaluation: int | None = None,
         evaluate_every: int = 1,
+        num_clients: int | None = None,
     ) -> None:
-        self.node_of_client = dict(node_of_client)
-        self.client_of_node = {node: cid for cid, node in self.node_of_client.items()}
+        self.clients = list(range(num_clients)) if num_clients else sorted(nodes)
+        shared = len(nodes) < len(self.clients)
+        self.node_of_client = {} if shared else dict(nodes)
+        self.shared_nodes = [nodes[p] for p in sorted(nodes)] if shared else []
+        self.wave = len(self.shared_nodes) or None
         self.clients_per_round = clients_per_round
-        self.clients_per_evaluation = clients_per_evaluation or len(node_of_client)
+        self.clients_per_evaluation = clients_per_evaluation or len(self.clients)
         self.evaluate_every = evaluate_every
         self.seed = seed
         # cid -> the last round whose training by that client counted: its head is from then
@@ -54,7 +62,7 @@ class FedPerStrategy:
 
     def draw(self, count: int, stream: int, round_num: int) -> list[int]:
         """`count` clients, a pure function of seed, stream and round; all when count covers them."""
-        clients = sorted(self.node_of_client)
+        clients = self.clients
         if count >= len(clients):
             return clients
         rng = np.random.default_rng([self.seed, stream, round_num])
@@ -68,7 +76,7 @@ class FedPerStrategy:
         """The clients that evaluate after a round: every `evaluate_every` rounds a draw of
         `clients_per_evaluation` (its own seeded stream), and every client after the last."""
         if round_num >= last_round:
-            return sorted(self.node_of_client)
+            return list(self.clients)
         if round_num % self.evaluate_every:
             return []
         return self.draw(self.clients_per_evaluation, 3, round_num)
@@ -76,15 +84,22 @@ class FedPerStrategy:
     def messages(
         self, clients: Iterable[int], arrays: ArrayRecord, config: ConfigRecord, kind: str
     ) -> dict[int, Message]:
-        """cid -> its message: the shared arrays, the settings and the round its head is from."""
+        """cid -> its message: the shared arrays, the settings, the client and the round its
+        head is from. Shared nodes take the clients in turn, so any `wave` messages in a row go
+        to different nodes."""
 
         def content(cid: int) -> RecordDict:
-            own = ConfigRecord({**config, HEAD_ROUND_KEY: self.head_round.get(cid, 0)})
-            return RecordDict({ARRAYS: arrays, CONFIG: own})
+            own = {CLIENT_KEY: cid, HEAD_ROUND_KEY: self.head_round.get(cid, 0)}
+            return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**config, **own})})
+
+        def node(index: int, cid: int) -> int:
+            if self.shared_nodes:
+                return self.shared_nodes[index % len(self.shared_nodes)]
+            return self.node_of_client[cid]
 
         return {
-            cid: Message(content(cid), message_type=kind, dst_node_id=self.node_of_client[cid])
-            for cid in clients
+            cid: Message(content(cid), message_type=kind, dst_node_id=node(index, cid))
+            for index, cid in enumerate(clients)
         }
 
 

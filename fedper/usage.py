@@ -43,6 +43,7 @@ BENCH_SETTINGS = {
     "bench.plain_mode": "parallel (one process per client actor) | sequential",
     "bench.prep_repeats": "repeats of the timed data preparation",
     "bench.memory_interval": "seconds between memory samples",
+    "bench.scale_clients": "bench=scale: the numbers of clients measured",
     "model_name": RUN_SETTINGS["model_name"],
     "num_rounds": "rounds of the federated run (the first is warm-up)",
     "num_clients": RUN_SETTINGS["num_clients"],
@@ -77,7 +78,7 @@ PROGRAMS = {
         hidden=(*HIDDEN, "bench"),
     ),
     "bench": Program(
-        usage="python -m fedper.bench [bench=default|gpu|deployment] [key=value ...]",
+        usage="python -m fedper.bench [bench=default|gpu|deployment|scale] [key=value ...]",
         about="Times a federated run against a plain training loop on the same clients, with "
         "memory and data preparation, and prints a table (docs/performance.md).",
         settings=BENCH_SETTINGS,
@@ -86,6 +87,7 @@ PROGRAMS = {
             "python -m fedper.bench                       # the default scenario",
             "python -m fedper.bench model_name=resnet num_rounds=3",
             "python -m fedper.bench bench=gpu             # the GPU check (make gpu-check)",
+            "python -m fedper.bench bench=scale           # 10 to 10,000 clients",
         ),
         hidden=(*HIDDEN, "figure", "experiment"),
     ),

@@ -175,6 +175,9 @@ def test_missing_dataset_is_one_line_naming_the_archive_and_in_the_log(tmp_path)
         (["engine.num_cpus=0"],
          "engine.num_cpus=0 is out of range: use null (all CPUs) or a whole number > 0"),
         (["engine.name=warp"], "engine=warp is unknown: use one of simulation, ray, deployment"),
+        (["engine.max_nodes=0"],
+         "engine.max_nodes=0 is out of range: use a whole number > 0 (nodes the simulation starts;"
+         " each serves clients in turn when there are more), or null for one node per client"),
     ],
 )  # fmt: skip
 def test_each_engine_checks_its_own_keys_once_per_start(overrides, message):

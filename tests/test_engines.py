@@ -25,7 +25,7 @@ import pytest
 from helpers import make_config, read_results, run_main
 
 from fedper.bench.local_federation import free_port, group_alive, listening, stop_group
-from fedper.bench.sampling import process_tree
+from fedper.bench.sampling import process_tree, psutil_module
 from fedper.engines.simulation import ray_for
 from fedper.planning import plan_run
 
@@ -110,6 +110,26 @@ def test_ray_engine_joins_the_cluster_and_simulation_never_does(tmp_path, ray_cl
     assert stranger.returncode != 0 and "AuthenticationError" in stranger.stderr
 
 
+def test_more_clients_than_simulation_nodes_compute_what_one_node_per_client_does(tmp_path):
+    run = [*RUN, "num_clients=6", "clients_per_round=3", "clients_per_evaluation=2",
+           "num_rounds=3", f"data_dir={tmp_path / 'data'}"]  # fmt: skip
+    shared = run_main(tmp_path, [*run, "engine.max_nodes=2", f"state_dir={tmp_path / 's2'}"],
+                      tmp_path / "shared")  # fmt: skip
+    own = run_main(tmp_path, [*run, "engine.max_nodes=null", f"state_dir={tmp_path / 's6'}"],
+                   tmp_path / "own")  # fmt: skip
+    assert shared.returncode == 0 and own.returncode == 0, (
+        shared.stderr[-3000:] + own.stderr[-3000:]
+    )
+    assert "6 clients on 2 simulation nodes, each serving clients in turn" in shared.stdout
+    assert "simulation nodes" not in own.stdout
+    results = read_results(tmp_path / "shared")
+    assert per_client(results) == per_client(read_results(tmp_path / "own"))
+    # three trained and two evaluated in rounds 1-2; all six evaluated in the last round, in
+    # three waves of two
+    assert [len(entry["trained_clients"]) for entry in results["rounds"]] == [3, 3, 3]
+    assert [len(entry["per_client"]) < 6 for entry in results["rounds"]] == [True, True, False]
+
+
 def test_ray_engine_without_a_cluster_is_one_line(tmp_path):
     result = run_main(tmp_path, [*RUN, "engine=ray", f"engine.address=127.0.0.1:{free_port()}"],
                       tmp_path / "run")  # fmt: skip
@@ -164,8 +184,7 @@ def answers(host: str, port: int) -> set[str]:
 def listening_sockets() -> list[tuple[str, str, int]]:
     """(process name, ip, port) of every socket this process and its descendants listen on;
     a process that ends while it is looked at has none."""
-    import psutil
-
+    psutil = psutil_module()
     sockets = []
     for process in process_tree():
         try:

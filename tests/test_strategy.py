@@ -52,6 +52,30 @@ def test_evaluation_every_k_rounds_draws_its_own_clients_and_the_last_round_asks
     assert drawn != [strategy.sample_clients(r) for r in (3, 6, 9, 12, 15, 18)]
 
 
+def test_shared_nodes_take_the_clients_in_turn_and_every_message_names_its_client():
+    strategy = FedPerStrategy(NODES, 3, seed=7, clients_per_evaluation=5, num_clients=10)
+    assert strategy.wave == 4 and strategy.clients == list(range(10))
+    assert strategy.evaluation_clients(5, 5) == list(range(10))  # the last round: every client
+    drawn = strategy.sample_clients(2)
+    assert len(drawn) == 3 and set(drawn) <= set(range(10))
+    # the same draw as with one node per client: sampling never depends on the nodes
+    assert drawn == FedPerStrategy({c: 200 + c for c in range(10)}, 3, seed=7).sample_clients(2)
+    messages = strategy.messages(range(10), ArrayRecord(), ConfigRecord({}), MessageType.TRAIN)
+    nodes = [m.metadata.dst_node_id for m in messages.values()]
+    assert all(len(set(nodes[i : i + 4])) == len(nodes[i : i + 4]) for i in range(0, 10, 4))
+    assert set(nodes) == set(NODES.values())
+    assert {cid: m.content["config"]["client-id"] for cid, m in messages.items()} == {
+        cid: cid for cid in range(10)
+    }
+    # one node per client: each message goes to its client's own node, named all the same
+    own = FedPerStrategy(NODES, 2, seed=7)
+    assert own.wave is None
+    sent = own.messages([1, 3], ArrayRecord(), ConfigRecord({}), MessageType.EVALUATE)
+    assert {
+        c: (m.metadata.dst_node_id, m.content["config"]["client-id"]) for c, m in sent.items()
+    } == {1: (101, 1), 3: (103, 3)}
+
+
 def test_averaging_is_flowers_fedavg_bit_for_bit_and_keeps_integer_counters():
     rng = np.random.default_rng(0)
     states = {

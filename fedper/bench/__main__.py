@@ -1,5 +1,6 @@
 """`python -m fedper.bench [overrides]`: the benchmark preset (conf/bench.yaml), or
-`bench=gpu` (the GPU check) and `bench=deployment` (the Deployment Engine's cost)."""
+`bench=gpu` (the GPU check), `bench=deployment` (the Deployment Engine's cost) and `bench=scale`
+(10 to 10,000 clients)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def run(cfg: DictConfig, run_dir: str) -> str:
         from fedper.bench.deployment import format_deployment, run_deployment_bench
 
         return format_deployment(run_deployment_bench(cfg, run_dir))
+    if settings.mode == "scale":
+        from fedper.bench.scale import format_scale, run_scale_bench
+
+        return format_scale(run_scale_bench(cfg, run_dir))
     if settings.mode == "gpu_check":
         from fedper.bench.gpu import skip_reason
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedper.errors import ConfigError
 
 BENCH_JSON = "bench.json"
-MODES = ("federated", "gpu_check", "deployment")
+MODES = ("federated", "gpu_check", "deployment", "scale")
 PLAIN_MODES = ("parallel", "sequential")
 # what the issues ask of this machine; the report says which were met
 TARGETS = {
@@ -25,7 +25,8 @@ class BenchSettings:
     """The `bench:` keys of the config; every key is optional."""
 
     # federated: a federated run against the plain loop; gpu_check: the same, only on CUDA
-    # (skipped with a message elsewhere); deployment: the Deployment Engine's cost
+    # (skipped with a message elsewhere); deployment: the Deployment Engine's cost; scale: how
+    # the cost grows with the number of clients
     mode: str = "federated"
     plain_mode: str = "parallel"  # parallel: one process per Ray actor; sequential: one process
     prep_pool_sizes: list[int] = field(default_factory=lambda: [60000, 6000])
@@ -36,6 +37,8 @@ class BenchSettings:
     repeats: int = 1  # deployment: simulation/deployment run pairs, interleaved
     cold_starts: int = 3  # deployment: fresh ClientApp processes timed (after one warm-up)
     start_timeout: float = 120.0  # deployment: seconds a SuperLink/SuperNode may take to listen
+    scale_clients: list[int] = field(default_factory=lambda: [10, 100, 1000, 10000])  # scale
+    images_per_client: int = 20  # scale: every size gets this many images per client
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> BenchSettings:
@@ -53,8 +56,14 @@ class BenchSettings:
                 raise ConfigError(
                     f"bench.{key}={value} is unknown: use one of {', '.join(allowed)}"
                 )
-        for key in ("prep_repeats", "repeats", "cold_starts"):
+        for key in ("prep_repeats", "repeats", "cold_starts", "images_per_client"):
             value = getattr(settings, key)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"bench.{key}={value} must be a whole number >= 1")
+        sizes = settings.scale_clients
+        if not sizes or not all(isinstance(n, int) and n >= 1 for n in sizes):
+            raise ConfigError(
+                f"bench.scale_clients={sizes} must list numbers of clients, each >= 1, e.g. "
+                "[10,100,1000]"
+            )
         return settings

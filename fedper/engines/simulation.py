@@ -32,7 +32,7 @@ from fedper.ray_local import (
     ray_temp_dir,
     token_authentication,
 )
-from fedper.spec import RunPlan
+from fedper.spec import RunPlan, shared_nodes
 
 log = logging.getLogger("fedper")
 LOOPBACK = "127.0.0.1"  # the address a local Ray instance gives its nodes and workers
@@ -214,7 +214,7 @@ def simulate(plan: RunPlan) -> None:
             run_simulation(
                 server_app=server_app_for(plan, stop, serving),
                 client_app=client_app,
-                num_supernodes=cfg.num_clients,
+                num_supernodes=shared_nodes(cfg) or cfg.num_clients,
                 backend_config=backend_config,
             )
         except (FedPerError, KeyboardInterrupt):
@@ -260,7 +260,19 @@ def check_simulation(cfg: DictConfig) -> None:
         f"gives the run's Ray: no client could start; use client_resources.num_cpus<={cpus} or "
         "raise engine.num_cpus",
     )
+    check_max_nodes(cfg)
     check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
+
+
+def check_max_nodes(cfg: DictConfig) -> None:
+    """`engine.max_nodes`: null (one node per client) or a whole number > 0."""
+    limit = cfg.engine.get("max_nodes")
+    check(
+        limit is None or (is_whole(limit) and 0 < limit <= RAY_MAX_RESOURCE),
+        f"engine.max_nodes={show(limit)} is out of range: use a whole number > 0 (nodes the "
+        "simulation starts; each serves clients in turn when there are more), or null for one "
+        "node per client",
+    )
 
 
 def check_ray(cfg: DictConfig) -> None:
@@ -273,4 +285,5 @@ def check_ray(cfg: DictConfig) -> None:
         is_number(join) and join > 0,
         f"engine.join_timeout={show(join)} is out of range: use a number of seconds > 0",
     )
+    check_max_nodes(cfg)
     check_folder("state_dir", cfg.state_dir, must_write=True)  # heads are written here
