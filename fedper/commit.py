@@ -3,7 +3,10 @@ results.png and checkpoint.pt describing the same completed rounds.
 
 The checkpoint is the commit record. It holds the global arrays after the round and a copy of
 the results up to it (header and round entries), so the three other files are views that can
-always be rebuilt from it. One round's commit, in this order:
+always be rebuilt from it. The partition, which lists every client, is not in them: it is
+written once per start to partition.json (`fedper.results.with_partition` reads it back), so
+what a round writes does not grow with the number of clients. One round's commit, in this
+order:
 
 1. stage: the next results.csv, results.png, checkpoint.pt and results.json are written to
    temporary files beside them and flushed. A kill here leaves every visible file at the
@@ -37,9 +40,11 @@ from fedper.checkpoint import CHECKPOINT, Checkpoint, encode_checkpoint, load_ch
 from fedper.errors import StateFileError, StorageError
 from fedper.results import finite, results_csv, results_json, results_png
 from fedper.rundir import (
+    PARTITION_JSON,
     RESULTS_CSV,
     RESULTS_JSON,
     RESULTS_PNG,
+    checked_json,
     read_checked_json,
     sweep_temporaries,
 )
@@ -69,8 +74,9 @@ class RoundCommit:
     def __init__(self, run_dir: str | Path, run_id: str, header: dict | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        self.header = header
-        self.body: dict = {**(header or {}), "rounds": []}
+        self.partition = (header or {}).get("partition")
+        self.header = without_partition(header) if header is not None else None
+        self.body: dict = {**(self.header or {}), "rounds": []}
 
     @property
     def rounds(self) -> list[dict]:
@@ -82,8 +88,14 @@ class RoundCommit:
         sweep_temporaries(self.run_dir)  # of commits a kill interrupted
         checkpoint = load_checkpoint(self.run_dir, self.run_id)
         if checkpoint is not None:
-            saved = {k: v for k, v in checkpoint.results.items() if k != "rounds"}
+            saved = without_partition(
+                {k: v for k, v in checkpoint.results.items() if k != "rounds"}
+            )
             self.body = {**(self.header or saved), "rounds": checkpoint.results["rounds"]}
+        if self.partition is not None:
+            data = (checked_json({"partition": self.partition}) + "\n").encode()
+            if not self.holds(PARTITION_JSON, data):
+                self.write({PARTITION_JSON: data}, 0)
         self.repair_views(checkpoint.round if checkpoint is not None else 0)
         return checkpoint
 
@@ -146,3 +158,8 @@ class RoundCommit:
         finally:
             for tmp in staged.values():
                 discard(tmp)  # renamed ones are already gone
+
+
+def without_partition(header: dict) -> dict:
+    """A results header without the list of every client (kept in partition.json)."""
+    return {key: value for key, value in header.items() if key != "partition"}

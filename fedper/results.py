@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fedper.errors import FedPerError, resume_command
-from fedper.rundir import RESULTS_JSON, checked_json, read_checked_json
+from fedper.rundir import PARTITION_JSON, RESULTS_JSON, checked_json, read_checked_json
 from fedper.spec import RESTARTED_METRIC
 
 if TYPE_CHECKING:  # Flower is imported where messages are made; plots read results without it
@@ -111,11 +111,20 @@ def results_figure(body: dict):
 
 
 def load_results(run_dir: str | Path) -> dict:
-    """results.json of a run, checked against its checksum."""
-    return read_checked_json(
-        Path(run_dir) / RESULTS_JSON,
-        "start the run again with the same command: fedper rebuilds it from checkpoint.pt",
-    )
+    """results.json of a run, checked against its checksum, with the run's partition."""
+    way_out = "start the run again with the same command: fedper rebuilds it from checkpoint.pt"
+    return with_partition(read_checked_json(Path(run_dir) / RESULTS_JSON, way_out), run_dir)
+
+
+def with_partition(results: dict, run_dir: str | Path) -> dict:
+    """A run's results with its partition under "partition", as results.json held it before
+    the list moved to partition.json: it names every client, so it is written once per run
+    instead of with every round."""
+    path = Path(run_dir) / PARTITION_JSON
+    if "partition" in results or not path.is_file():
+        return results
+    way_out = "start the run again with the same command: fedper writes it again"
+    return {**results, "partition": read_checked_json(path, way_out)["partition"]}
 
 
 # ---- one round's entry, from the clients' checked replies ---------------------------------

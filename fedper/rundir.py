@@ -36,6 +36,7 @@ from fedper.trackers import TRACKERS_DIR
 RUN_ID_FILE = "run_id"
 CONFIG_FILE = "run_config.json"
 RESULTS_JSON = "results.json"
+PARTITION_JSON = "partition.json"  # every client's classes and split sizes, once per run
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "results.png"
 LOCK_FILE = ".run.lock"
@@ -43,6 +44,7 @@ RUN_FILES = {
     RUN_ID_FILE,
     CONFIG_FILE,
     RESULTS_JSON,
+    PARTITION_JSON,
     RESULTS_CSV,
     RESULTS_PNG,
     CHECKPOINT,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedper.errors import FedPerError
-from fedper.results import RESULTS_JSON
+from fedper.results import RESULTS_JSON, with_partition
 from fedper.settings import is_setting, with_current_names
 
 log = logging.getLogger("fedper.plot")
@@ -95,7 +95,7 @@ def setting_from_config(config: dict) -> dict[str, object]:
 def read_run(path: Path) -> dict:
     """A results.json as a dict, or a PlotError naming the file."""
     try:
-        run = json.loads(path.read_text())
+        run = with_partition(json.loads(path.read_text()), path.parent)
     except json.JSONDecodeError as error:
         raise PlotError(
             f"{path} is not valid JSON ({error.msg}, line {error.lineno}): remove or rerun it"

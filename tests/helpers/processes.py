@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fedper.results import with_partition
+
 
 def run_main(
     workdir: Path,
@@ -27,4 +29,5 @@ def run_main(
 
 
 def read_results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.json").read_text())
+    """results.json, with the partition the run keeps beside it (as load_results gives it)."""
+    return with_partition(json.loads((run_dir / "results.json").read_text()), run_dir)
