@@ -15,6 +15,23 @@ from fedper.replies import failure_reason, fatal_reason
 from fedper.spec import SPEC_KEY, RunPlan, shared_nodes
 
 POLL_SECONDS = 0.02  # how often the server asks the Grid for replies
+# seconds before each new try of a read the SuperLink answered with an internal error
+READ_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def read_again(read, *args) -> list:
+    """A read from the Grid (node ids, replies) as a list, tried again when the SuperLink
+    answers HTTP 500: under load its SQLite database says "database is locked" for a moment,
+    and Flower itself only retries 502-504. Any other error, or a 500 that outlasts the tries,
+    goes up as before."""
+    for wait in READ_RETRY_SECONDS:
+        try:
+            return list(read(*args))
+        except Exception as error:
+            if getattr(getattr(error, "response", None), "status_code", None) != 500:
+                raise
+        time.sleep(wait)
+    return list(read(*args))
 
 
 class ClientLink:
@@ -60,7 +77,7 @@ class ClientLink:
         answered: dict[int, tuple[Message, Message]] = {}
         while pending:
             self.stopped()
-            for reply in self.grid.pull_messages(list(pending)):
+            for reply in read_again(self.grid.pull_messages, list(pending)):
                 if (found := pending.pop(reply.metadata.reply_to_message_id, None)) is not None:
                     cid, message = found
                     answered[cid] = (message, reply)
@@ -106,7 +123,7 @@ class ClientLink:
         asked: set[int] = set()
         while len(node_of) < self.num_nodes:
             self.stopped()
-            new = [node for node in self.grid.get_node_ids() if node not in asked]
+            new = [node for node in read_again(self.grid.get_node_ids) if node not in asked]
             if new:
                 asked.update(new)
                 queries = {
