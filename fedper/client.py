@@ -10,6 +10,7 @@ benchmark's plain loop calls the same methods.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +38,10 @@ from fedper.rundir import RUN_ID_PATTERN
 from fedper.spec import RESTARTED_METRIC, RunSpec
 from fedper.tensor_files import tensors_digest
 from fedper.training import TrainSettings, evaluate, train
+
+# clients whose rows a worker keeps in memory: every client of a paper-sized federation, while
+# reading one again costs a few ms (docs/performance.md)
+HOST_DATA_CLIENTS = 64
 
 
 @dataclass
@@ -107,7 +112,7 @@ class ClientWorker:
             weight_decay=cfg.weight_decay,
             autocast_dtype=perf.autocast_dtype,
         )
-        self._host_data: dict[int, ClientData] = {}
+        self._host_data: OrderedDict[int, ClientData] = OrderedDict()
         self._device_data: tuple[int, ClientData] | None = None
 
     def check_client(self, cid: int, num_partitions: int | None, nodes: int | None = None) -> None:
@@ -127,9 +132,13 @@ class ClientWorker:
             )
 
     def data(self, cid: int) -> ClientData:
-        """A client's rows, read once per worker; only the client being served is on the GPU."""
+        """A client's rows, kept for the last `HOST_DATA_CLIENTS` clients this worker served (a
+        worker of a large simulation serves thousands); only the one being served is on the GPU."""
         if cid not in self._host_data:
             self._host_data[cid] = load_client_data(self.dataset, cid, "cpu")
+            while len(self._host_data) > HOST_DATA_CLIENTS:
+                self._host_data.popitem(last=False)
+        self._host_data.move_to_end(cid)
         target = self.performance.data_device
         if target.type == "cpu":
             return self._host_data[cid]

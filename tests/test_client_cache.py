@@ -55,6 +55,21 @@ def test_same_run_reuses_model_and_data(tmp_path):
         assert torch.equal(worker.data(cid).test_labels, expected.test_labels)
 
 
+def test_a_worker_keeps_the_rows_of_its_latest_clients_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(client, "HOST_DATA_CLIENTS", 2)
+    plan = plan_local(tmp_path, [*SMALL, "num_clients=4", "clients_per_round=4"])
+    worker = worker_of(plan)
+    first = worker.data(0)
+    worker.data(1)
+    assert worker.data(0) is first  # kept, and now the most recent
+    worker.data(2)  # client 1, the least recent, makes room
+    assert list(worker._host_data) == [0, 2]
+    assert worker.data(0) is first
+    again = worker.data(1)  # read again, equal to what it was
+    assert torch.equal(again.train_images, load_client_data(worker.dataset, 1).train_images)
+    assert list(worker._host_data) == [0, 1]
+
+
 def test_a_new_run_gets_a_fresh_worker_and_the_old_one_is_dropped(tmp_path):
     first = worker_of(plan_local(tmp_path, SMALL, "first"))
     second = worker_of(plan_local(tmp_path, SMALL, "second"))
