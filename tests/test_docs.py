@@ -82,3 +82,13 @@ def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
     assert "make test" in "\n".join(lines)
+
+
+def test_the_scale_table_is_the_committed_scale_benchmark():
+    import json
+
+    from fedper.bench.scale import scale_markdown
+
+    report = json.loads((ROOT / "docs" / "bench" / "scale.json").read_text())
+    assert [size["num_clients"] for size in report["sizes"]] == [10, 100, 1000, 10000]
+    assert scale_markdown(report) in (ROOT / "docs" / "performance.md").read_text()

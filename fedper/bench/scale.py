@@ -196,6 +196,24 @@ def format_scale(report: dict) -> str:
     return "\n".join(lines)
 
 
+def scale_markdown(report: dict) -> str:
+    """The table docs/performance.md shows, from a bench.json of `bench=scale`."""
+    lines = [
+        "| clients | nodes | start-up (s) | of it: Ray and Flower | a later round (s) | "
+        "the last round (s) | peak memory (GB RSS / PSS) | written per round (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in report["sizes"]:
+        lines.append(
+            f"| {size['num_clients']:,} | {size['nodes']} | {size['startup_seconds']:.1f} | "
+            f"{size['startup_parts']['engine']:.1f} | {size['round_seconds']:.2f} | "
+            f"{size['last_round_seconds']:.1f} | {size['peak_all_processes_bytes'] / 1e9:.2f} / "
+            f"{size['pss_near_peak_all_processes_bytes'] / 1e9:.2f} | "
+            f"{size['bytes_written_per_round'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def draw_scale(report: dict, path: Path) -> None:
     """Start-up, later rounds and the last round against the number of clients (log x), and
     peak memory beside them."""
