@@ -97,3 +97,19 @@ def test_cuda_visible_devices_is_set_for_the_worker_and_restored(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     with cuda_visible(None):
         assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_a_process_memory_shares_count_its_private_pages_once():
+    from fedper.bench.sampling import memory_shares, resident_kinds
+
+    before = memory_shares(os.getpid())
+    block = bytearray(64 * 1024 * 1024)  # 64 MB this process alone touches
+    block[::4096] = b"x" * len(block[::4096])
+    after = memory_shares(os.getpid())
+    assert 0 < before["uss"] <= before["pss"]
+    assert after["uss"] - before["uss"] >= 60 * 1024 * 1024
+    assert after["pss"] - before["pss"] >= 60 * 1024 * 1024
+    # USS is within RSS: private pages are resident
+    assert after["uss"] <= sum(resident_kinds(os.getpid()).values())
+    del block
+    assert memory_shares(2**22 + 12345) == {"pss": 0, "uss": 0}  # no such process

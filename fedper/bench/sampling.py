@@ -34,16 +34,20 @@ def process_tree(pid: int | None = None) -> list:
     return [root, *root.children(recursive=True)]
 
 
-def proportional_set_size(pid: int) -> int:
-    """Bytes of physical memory this process accounts for, shared pages split among sharers."""
+def memory_shares(pid: int) -> dict[str, int]:
+    """Bytes of physical memory a process accounts for: `pss` with shared pages split among
+    their sharers, `uss` its private pages alone (what ending it would free)."""
+    fields = {"Pss:": "pss", "Private_Clean:": "uss", "Private_Dirty:": "uss"}
+    out = {"pss": 0, "uss": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
             for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(maxsplit=1)[0]
+                if key in fields:
+                    out[fields[key]] += int(line.split()[1]) * 1024
     except OSError:
         pass  # not Linux, or the process ended
-    return 0
+    return out
 
 
 def resident_kinds(pid: int) -> dict[str, int]:
@@ -84,7 +88,8 @@ class MemorySampler:
 
     Summed RSS counts a shared library once per process that maps it (torch alone is about
     300 MB of shared pages per process), so at a new peak, at most once per `pss_every`
-    seconds, the summed PSS is read too; it costs ~20 ms per process, too much to poll.
+    seconds, each process's PSS and USS are read too; it costs ~20 ms per process, too much
+    to poll.
     The process list is refreshed once a second: listing it scans all of /proc.
     """
 
@@ -128,7 +133,10 @@ class MemorySampler:
         ]
         if time.monotonic() - self._pss_read_at >= self.pss_every:
             self._pss_read_at = time.monotonic()
-            self.pss_at_peak_bytes = sum(proportional_set_size(p.pid) for p, _ in rss)
+            shares = [memory_shares(p.pid) for p, _ in rss]
+            self.pss_at_peak_bytes = sum(share["pss"] for share in shares)
+            for entry, share in zip(self.peak_by_process, shares, strict=True):
+                entry.update(share)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) each kind of process used while sampled."""

@@ -9,11 +9,16 @@ def megabytes(value: float) -> str:
 
 
 def peak_processes(memory: dict) -> str:
-    """Each process at the peak: MB RSS (private/files/shared memory)."""
+    """Each process at the peak: MB RSS (private/files/shared memory), and its PSS and USS
+    when they were read at that peak."""
+
+    def shares(p: dict) -> str:
+        return f" PSS {megabytes(p['pss'])} USS {megabytes(p['uss'])}" if "uss" in p else ""
+
     return (
         ", ".join(
             f"{p['name']} {megabytes(p['rss'])} ({megabytes(p['anon'])}/{megabytes(p['file'])}/"
-            f"{megabytes(p['shmem'])})"
+            f"{megabytes(p['shmem'])}){shares(p)}"
             for p in sorted(memory["peak_rss_by_process_bytes"], key=lambda p: -p["rss"])
         )
         + " (MB RSS (private/files/shared memory))"
