@@ -49,6 +49,14 @@ def link_target(path: str | Path) -> str | None:
         return None
 
 
+def link_refusal(path: Path) -> str:
+    """The one line for a link where fedper or Hydra would write a file of the run."""
+    return (
+        f"{path} is a symbolic link (to {link_target(path)}): fedper never reads or writes "
+        "through a link; remove it, or choose another hydra.run.dir"
+    )
+
+
 def link_refused(path: Path) -> StorageError:
     return StorageError(
         f"cannot write {path}: it is a symbolic link (to {link_target(path)}), and fedper never "

@@ -10,21 +10,13 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fedper.atomic import link_target
+from fedper.atomic import link_refusal, link_target
 from fedper.checks import check, check_folder
 from fedper.errors import ConfigError, exit_with_error
 
 # what Hydra writes into a run folder before fedper runs (fedper.rundir.HYDRA_FILES)
 HYDRA_WRITES = ("main.log", ".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml",
                 ".hydra/overrides.yaml")  # fmt: skip
-
-
-def link_refusal(path: Path) -> str:
-    """The one line for a link where fedper or Hydra would write a file of the run."""
-    return (
-        f"{path} is a symbolic link (to {link_target(path)}): fedper never reads or writes "
-        "through a link; remove it, or choose another hydra.run.dir"
-    )
 
 
 def check_hydra_folder(key: str, value) -> None:

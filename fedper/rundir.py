@@ -23,6 +23,7 @@ from pathlib import Path
 from fedper.atomic import (
     TMP_SUFFIX,
     NotOwnFile,
+    link_refusal,
     link_target,
     open_own,
     storage_error,
@@ -30,7 +31,6 @@ from fedper.atomic import (
 )
 from fedper.checkpoint import CHECKPOINT
 from fedper.errors import FedPerError, StateFileError
-from fedper.run_folders import link_refusal
 from fedper.trackers import TRACKERS_DIR
 
 RUN_ID_FILE = "run_id"

@@ -4,6 +4,8 @@ and that a message (plus the node's own config) is all a client needs."""
 import contextlib
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 import types
 
@@ -318,3 +320,16 @@ def test_an_engine_that_fails_stops_the_server_loop_and_says_why(tmp_path, monke
     with pytest.raises(FedPerError, match="engine stopped: RuntimeError: no actor could be placed"):
         simulation.simulate(plan_local(tmp_path))
     assert seen["stop"].is_set()
+
+
+def test_the_client_path_imports_none_of_the_heavy_modules():
+    """A Deployment Engine message starts a fresh ClientApp process: every module its imports
+    pull in is paid per client and phase (the deployment benchmark lists them with their chain)."""
+    from fedper.bench.startup import HEAVY_MODULES
+
+    code = (
+        "import sys, fedper.client_app\n"
+        f"heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
