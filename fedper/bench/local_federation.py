@@ -38,11 +38,17 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+# how often a SuperNode's SuperExec looks for a ClientApp process to start (Flower's default:
+# 1 s, on every message's way); docs/deployment.md recommends the same to labs
+SUPEREXEC_POLL_SECONDS = "0.1"
+
+
 def flower_env(home: Path) -> dict[str, str]:
-    """The environment of a Flower process with its own FLWR_HOME; Flower's servers start
-    their helpers (flower-superexec, flwr-clientapp) by name, so this environment's bin
-    comes first."""
+    """The environment of a Flower process with its own FLWR_HOME and a SuperExec that looks
+    for work every 0.1 s; Flower's servers start their helpers (flower-superexec,
+    flwr-clientapp) by name, so this environment's bin comes first."""
     return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_SECONDS,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
 
 
