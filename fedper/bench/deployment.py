@@ -65,11 +65,14 @@ def flower_polling() -> list[dict]:
         out.append({"where": f"{module}.{function}", "seconds": seconds, "what": what})
     from flwr.supercore.superexec import run_superexec
 
+    from fedper.bench.local_federation import SUPEREXEC_POLL_SECONDS
+
     out.append({
         "where": "flwr.supercore.superexec.run_superexec",
-        "seconds": [run_superexec._get_task_poll_interval()],
+        "seconds": [float(SUPEREXEC_POLL_SECONDS)],
         "what": "a SuperExec asks for a task (a ClientApp or ServerApp process to start) this "
-        "often; FLWR_SUPEREXEC_TASK_POLL_INTERVAL changes it",
+        "often: the benchmark's SuperNodes set FLWR_SUPEREXEC_TASK_POLL_INTERVAL, Flower's "
+        f"default is {run_superexec._DEFAULT_TASK_POLL_INTERVAL_SECONDS:g} s",
     })  # fmt: skip
     from fedper.link import POLL_SECONDS
 
