@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(BIN)/python -m fedper.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30   # the 30 slowest tests, to keep the suite short
 
 # Everything but the tests that start Ray, servers or `python -m fedper.main` (CI runs all).
 test-fast: $(STAMP)
