@@ -113,3 +113,23 @@ def test_a_process_memory_shares_count_its_private_pages_once():
     assert after["uss"] <= sum(resident_kinds(os.getpid()).values())
     del block
     assert memory_shares(2**22 + 12345) == {"pss": 0, "uss": 0}  # no such process
+
+
+def test_the_peak_gets_its_processes_shares_even_when_it_came_too_soon_after_a_read():
+    from fedper.bench.sampling import MemorySampler
+
+    sampler = MemorySampler(0.25, pss_every=1e9)
+    sampler.sample()  # the first peak: read at once
+    first = sampler.peak_by_process
+    assert first and all("uss" in entry and "pss" in entry for entry in first)
+    block = bytearray(64 * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    sampler.sample()  # a new peak, too soon after the last read
+    assert sampler.peak_by_process is not first
+    assert not any("uss" in entry for entry in sampler.peak_by_process)
+    sampler.pss_every = 0.0
+    sampler.sample()  # still at the peak: its shares are read now
+    own = next(e for e in sampler.peak_by_process if e["pid"] == os.getpid())
+    assert own["uss"] >= 60 * 1024 * 1024 and own["pss"] >= own["uss"]
+    assert sampler.pss_at_peak_bytes >= own["pss"]
+    del block

@@ -105,6 +105,7 @@ class MemorySampler:
         self._names: dict[int, str] = {}
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> name, first, last
         self._pss_read_at = self._listed_at = -float("inf")
+        self._shares_due = False  # a new peak whose PSS and USS were not read yet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -125,18 +126,23 @@ class MemorySampler:
             _, first, _ = self._cpu.get(process.pid, (None, cpu, cpu))
             self._cpu[process.pid] = (self._names.get(process.pid, "?"), first, cpu)
         total = sum(r for _, r in rss)
-        if total <= self.peak_bytes:
-            return
-        self.peak_bytes, self.peak_processes = total, len(rss)
-        self.peak_by_process = [
-            {"name": self._names.get(p.pid, "?"), "rss": r, **resident_kinds(p.pid)} for p, r in rss
-        ]
-        if time.monotonic() - self._pss_read_at >= self.pss_every:
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_processes = total, len(rss)
+            self.peak_by_process = [
+                {"name": self._names.get(p.pid, "?"), "pid": p.pid, "rss": r,
+                 **resident_kinds(p.pid)} for p, r in rss
+            ]  # fmt: skip
+            self._shares_due = True
+        # the peak's processes' PSS and USS, read at the peak or, when the last read was too
+        # recent, at the next sample that is still within 5% of it
+        recent = time.monotonic() - self._pss_read_at < self.pss_every
+        if self._shares_due and not recent and total >= 0.95 * self.peak_bytes:
             self._pss_read_at = time.monotonic()
-            shares = [memory_shares(p.pid) for p, _ in rss]
-            self.pss_at_peak_bytes = sum(share["pss"] for share in shares)
-            for entry, share in zip(self.peak_by_process, shares, strict=True):
-                entry.update(share)
+            self._shares_due = False
+            shares = {entry["pid"]: memory_shares(entry["pid"]) for entry in self.peak_by_process}
+            self.pss_at_peak_bytes = sum(share["pss"] for share in shares.values())
+            for entry in self.peak_by_process:
+                entry.update(shares[entry["pid"]])
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) each kind of process used while sampled."""
