@@ -106,6 +106,7 @@ class MemorySampler:
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> name, first, last
         self._pss_read_at = self._listed_at = -float("inf")
         self._shares_due = False  # a new peak whose PSS and USS were not read yet
+        self._shares: dict[int, dict[str, int]] = {}  # pid -> its PSS and USS, last read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,21 +129,22 @@ class MemorySampler:
         total = sum(r for _, r in rss)
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, len(rss)
+            # each process's PSS and USS as last read (at most `pss_every` seconds ago)
             self.peak_by_process = [
                 {"name": self._names.get(p.pid, "?"), "pid": p.pid, "rss": r,
-                 **resident_kinds(p.pid)} for p, r in rss
+                 **resident_kinds(p.pid), **self._shares.get(p.pid, {})} for p, r in rss
             ]  # fmt: skip
             self._shares_due = True
-        # the peak's processes' PSS and USS, read at the peak or, when the last read was too
-        # recent, at the next sample that is still within 5% of it
+        # read again at the peak or, when the last read was too recent, at the next sample
+        # that is still within 5% of it
         recent = time.monotonic() - self._pss_read_at < self.pss_every
         if self._shares_due and not recent and total >= 0.95 * self.peak_bytes:
             self._pss_read_at = time.monotonic()
             self._shares_due = False
-            shares = {entry["pid"]: memory_shares(entry["pid"]) for entry in self.peak_by_process}
-            self.pss_at_peak_bytes = sum(share["pss"] for share in shares.values())
+            self._shares = {e["pid"]: memory_shares(e["pid"]) for e in self.peak_by_process}
+            self.pss_at_peak_bytes = sum(share["pss"] for share in self._shares.values())
             for entry in self.peak_by_process:
-                entry.update(shares[entry["pid"]])
+                entry.update(self._shares[entry["pid"]])
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) each kind of process used while sampled."""
