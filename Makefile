@@ -21,6 +21,7 @@ PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_
 LOCK ?= $(if $(filter 3.11,$(PYTHON_VERSION)),requirements.lock)
 
 $(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make install: $(PYTHON) is Python $(PYTHON_VERSION); fedper needs 3.11 or newer (as Flower 1.42 does): give PYTHON=<a python3.11 or newer>")'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	@echo "== torch and torchvision (the largest part: see README, Install) =="
