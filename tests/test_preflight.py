@@ -84,7 +84,7 @@ def run_without_torch(args: list[str], cwd: Path) -> subprocess.CompletedProcess
         (["fedper.main", "learning_rate=-1"], "fedper: error: learning_rate=-1 is out of range: use a number > 0"),
         (["fedper.main", "+figure=fig2_quick"], "fedper: error: +figure=fig2_quick is a sweep of many runs"),
         (["fedper.main", "--multirun", "num_rounds=2,0"], "fedper: error: num_rounds=0 is out of range"),
-        (["fedper.bench", "bench=gpuu"], "fedper.bench: error: bench=gpuu is unknown: use one of default, deployment, gpu (did you mean bench=gpu?)"),
+        (["fedper.bench", "bench=gpuu"], "fedper.bench: error: bench=gpuu is unknown: use one of default, deployment, gpu, scale (did you mean bench=gpu?)"),
     ],
 )  # fmt: skip
 def test_refusals_need_no_torch_and_leave_no_folder(tmp_path, args, line):
