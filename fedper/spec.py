@@ -31,8 +31,9 @@ FATAL = "fatal"
 def shared_nodes(cfg: DictConfig) -> int | None:
     """How many Flower nodes a simulation starts when it has more clients than
     `engine.max_nodes`: each node then serves whichever client a message names. None when every
-    node is one client (up to `max_nodes` clients, and always on the Deployment Engine)."""
-    limit = cfg.engine.get("max_nodes") if cfg.engine.name in ("simulation", "ray") else None
+    node is one client (up to `max_nodes` clients, and on engines without the key, such as the
+    Deployment Engine)."""
+    limit = cfg.engine.get("max_nodes")
     return int(limit) if limit is not None and cfg.num_clients > limit else None
 
 

@@ -64,7 +64,7 @@ class FedPerStrategy:
         """`count` clients, a pure function of seed, stream and round; all when count covers them."""
         clients = self.clients
         if count >= len(clients):
-            return clients
+            return list(clients)
         rng = np.random.default_rng([self.seed, stream, round_num])
         return sorted(rng.choice(clients, size=count, replace=False).tolist())
 
