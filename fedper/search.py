@@ -2,6 +2,9 @@
 
     python -m fedper.search outputs/figures/search/runs/shift > conf/figure/chosen/family_shift.yaml
 
+Several sources (sweep folders or packed files, e.g. one per shift) are read as one search; a
+run (same config and seed) found in two of them is refused rather than counted twice.
+
 Runs are grouped by what a comparison holds fixed (by default the shift, the algorithm and
 `model.local_bn`); within a group, a setting is the run's values of the searched keys that its
 algorithm uses (learning rate, head layers, local, head and fine-tune epochs). The rule: the
@@ -19,10 +22,11 @@ import json
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedper.errors import FedPerError
-from fedper.plot.runs import PlotError, read_packed
+from fedper.plot.runs import SEED_KEYS, PlotError, read_packed, setting_from_config
 
 GROUP_KEYS = ("shift", "algorithm", "model.local_bn")
 SETTING_KEYS = ("learning_rate", "model.num_head_layers", "fedrep.head_epochs",
@@ -67,11 +71,13 @@ def run_files(root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def read_runs(root: Path, last: int) -> list[dict]:
-    """Every finished run under `root` (a sweep folder or a packed sweep): its resolved config
+def read_runs(roots: Path | Sequence[Path], last: int) -> list[dict]:
+    """Every finished run under `roots` (sweep folders or packed sweeps): its resolved config
     and validation score."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
     runs = []
-    for path, results in run_files(root):
+    seen: dict[str, Path] = {}
+    for path, results in (found for root in roots for found in run_files(root)):
         try:
             config, rounds = results["config"], results["rounds"]
         except KeyError as error:
@@ -81,11 +87,26 @@ def read_runs(root: Path, last: int) -> list[dict]:
                 f"{path.parent} has {len(rounds)} of {config['num_rounds']} rounds: finish the "
                 "search sweep (the same command continues it) before choosing"
             )
+        same = json.dumps(
+            [
+                setting_from_config(config),
+                [setting_value(config, key) for key in sorted(SEED_KEYS)],
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        if same in seen:
+            raise SearchError(
+                f"{path} repeats the run of {seen[same]} (same config and seed): "
+                "give each search run once"
+            )
+        seen[same] = path
         score = validation_score(rounds, last)
         unused = results.get("unused_settings", [])
         runs.append({"config": config, "score": score, "unused": unused, "path": path})
     if not runs:
-        raise SearchError(f"no results.json under {root}: run the search sweep first")
+        where = ", ".join(str(root) for root in roots)
+        raise SearchError(f"no results.json under {where}: run the search sweep first")
     return runs
 
 
@@ -165,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fedper.search", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("runs", type=Path,
-                        help="the search sweep's folder (hydra.sweep.dir) or its packed *.jsonl.gz")  # fmt: skip
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="the search sweep's folders (hydra.sweep.dir) or packed *.jsonl.gz")  # fmt: skip
     parser.add_argument("--last", type=int, default=5, help="rounds averaged at the end (5)")
     args = parser.parse_args(argv)
     try:
@@ -175,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedper: error: {error}", file=sys.stderr)
         return 2
     print(table(chosen), file=sys.stderr)
-    sys.stdout.write(grids_yaml(chosen, str(args.runs), args.last))
+    sys.stdout.write(grids_yaml(chosen, " ".join(str(r) for r in args.runs), args.last))
     return 0
 
 

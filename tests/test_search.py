@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,32 @@ def test_a_packed_search_gives_the_same_choice_as_its_folder(search: Path, tmp_p
 def test_rounds_without_evaluation_are_not_among_the_last_rounds():
     rounds = [{"val_accuracy": 0.9}, {"val_accuracy": 0.8}, {"evaluated": False}]
     assert validation_score(rounds, last=2) == pytest.approx(0.85)
+
+
+def test_searches_split_over_several_sources_choose_as_one(search: Path, tmp_path: Path):
+    # one source per shift, as when each shift's search ran as its own sweep
+    concept, rest = tmp_path / "concept", tmp_path / "rest"
+    search_copy = tmp_path / "whole"
+    shutil.copytree(search, search_copy)
+    for folder in sorted(p for p in search.iterdir()):
+        target = concept if folder.name.startswith("fedrep") else rest
+        target.mkdir(exist_ok=True)
+        folder.rename(target / folder.name)
+
+    def chosen(sources):
+        return {entry["group"]["algorithm"]: entry["chosen"][0] for entry in
+                choose(read_runs(sources, last=5))}  # fmt: skip
+
+    assert chosen([rest, concept]) == chosen([concept, rest]) == chosen(search_copy)
+    assert chosen([rest, concept])["fedper"]["model.num_head_layers"] == 3
+    assert chosen([rest, concept])["fedrep"]["fedrep.head_epochs"] == 10
+
+
+def test_a_run_found_in_two_sources_is_refused(search: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "copy"
+    first = sorted(search.iterdir())[0]
+    (copy / first.name).mkdir(parents=True)
+    (copy / first.name / "results.json").write_bytes((first / "results.json").read_bytes())
+    assert main([str(search), str(copy), "--last", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "repeats the run of" in err and "\n" not in err
