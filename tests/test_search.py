@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from fedper.plot.pack import PACKED_FORMAT
 from fedper.search import choose, main, read_runs, validation_score
@@ -153,3 +155,17 @@ def test_a_run_found_in_two_sources_is_refused(search: Path, tmp_path: Path, cap
     assert main([str(search), str(copy), "--last", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "repeats the run of" in err and "\n" not in err
+
+
+def test_the_committed_choice_is_what_the_committed_search_chooses(capsys):
+    """conf/figure/chosen/family_shift.yaml is fedper.search's output on the packed searches it
+    names, so the family sweep runs exactly what validation chose."""
+    chosen = ROOT / "conf" / "figure" / "chosen" / "family_shift.yaml"
+    text = chosen.read_text()
+    command = re.search(r"`python -m fedper\.search (.+?)`", text).group(1).split()
+    sources = [arg for arg in command if arg.endswith(".jsonl.gz")]
+    assert sources and all((ROOT / source).is_file() for source in sources)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        assert main(command) == 0
+    assert capsys.readouterr().out == text
