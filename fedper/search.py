@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedper.errors import FedPerError
-from fedper.plot.runs import SEED_KEYS, PlotError, read_packed, setting_from_config
+from fedper.plot.runs import SEED_KEYS, PlotError, read_packed, setting_key
 
 GROUP_KEYS = ("shift", "algorithm", "model.local_bn")
 SETTING_KEYS = ("learning_rate", "model.num_head_layers", "fedrep.head_epochs",
@@ -76,7 +76,7 @@ def read_runs(roots: Path | Sequence[Path], last: int) -> list[dict]:
     and validation score."""
     roots = [roots] if isinstance(roots, Path) else list(roots)
     runs = []
-    seen: dict[str, Path] = {}
+    seen: dict[tuple[str, ...], Path] = {}
     for path, results in (found for root in roots for found in run_files(root)):
         try:
             config, rounds = results["config"], results["rounds"]
@@ -87,14 +87,7 @@ def read_runs(roots: Path | Sequence[Path], last: int) -> list[dict]:
                 f"{path.parent} has {len(rounds)} of {config['num_rounds']} rounds: finish the "
                 "search sweep (the same command continues it) before choosing"
             )
-        same = json.dumps(
-            [
-                setting_from_config(config),
-                [setting_value(config, key) for key in sorted(SEED_KEYS)],
-            ],
-            sort_keys=True,
-            default=str,
-        )
+        same = (setting_key(config), *(str(setting_value(config, k)) for k in sorted(SEED_KEYS)))
         if same in seen:
             raise SearchError(
                 f"{path} repeats the run of {seen[same]} (same config and seed): "

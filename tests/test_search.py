@@ -133,7 +133,7 @@ def test_searches_split_over_several_sources_choose_as_one(search: Path, tmp_pat
     concept, rest = tmp_path / "concept", tmp_path / "rest"
     search_copy = tmp_path / "whole"
     shutil.copytree(search, search_copy)
-    for folder in sorted(p for p in search.iterdir()):
+    for folder in sorted(search.iterdir()):
         target = concept if folder.name.startswith("fedrep") else rest
         target.mkdir(exist_ok=True)
         folder.rename(target / folder.name)

@@ -92,6 +92,11 @@ def setting_from_config(config: dict) -> dict[str, object]:
     }
 
 
+def setting_key(config: dict) -> str:
+    """A run's setting as one comparable text: runs with equal keys differ only in seed."""
+    return json.dumps(setting_from_config(config), sort_keys=True, default=str)
+
+
 def read_run(path: Path) -> dict:
     """A results.json as a dict, or a PlotError naming the file."""
     try:
@@ -179,7 +184,7 @@ def run_rows(name: str, run: dict, metric: str) -> list[dict]:
     restarted = [r["round"] for r in run["rounds"] if r.get("restarted_heads")]
     if restarted:
         log.warning("%s: clients started over from their initial head in round(s) %s (restart_lost_heads)", name, restarted)  # fmt: skip
-    key = json.dumps(setting, sort_keys=True, default=str)
+    key = setting_key(config)
     return [
         {
             "run": name,
