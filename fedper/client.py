@@ -92,7 +92,10 @@ class ClientWorker:
             )
         if store is None:
             folder = paths.state_dir / spec.run_id
-            store = DiskHeadStore(folder, spec.run_id, head_layout(self.initial))
+            folded = bool(cfg.engine.get("fold_evaluation", False))
+            store = DiskHeadStore(
+                folder, spec.run_id, head_layout(self.initial), 2 if folded else 1
+            )
         self.store = store
         augment = cfg.dataset.get("augment") or {}
         self.transform = BatchTransform(

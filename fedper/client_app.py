@@ -2,8 +2,10 @@
 
 Everything a client needs arrives in the message (the run's settings under `SPEC_KEY` in its
 ConfigRecord, the round, the client it is for, the last round its training counted in, the
-shared arrays packed as one array, `fedper.packing`) or comes from the node's own config (`partition-id`,
-`num-partitions`, `data-dir`, `state-dir`; the test-only `rogue="nan"` forges replies). A
+shared arrays packed as one array, `fedper.packing`; in a training message, perhaps an earlier
+round to evaluate first, `engine.fold_evaluation`) or comes from the node's own config
+(`partition-id`, `num-partitions`, `data-dir`, `state-dir`; the test-only `rogue="nan"` forges
+replies). A
 problem that makes the client unfit for the run (a folder it cannot see, a partition that
 differs from the server's, an out-of-memory GPU) is answered with a `fatal` record, and the
 server stops the run with it; any other exception is an ordinary client failure, recorded for
@@ -20,7 +22,16 @@ from fedper.client import ClientWorker, worker_for
 from fedper.errors import FedPerError
 from fedper.node import ClientSetupError, NodePaths
 from fedper.packing import pack, unpack
-from fedper.spec import CLIENT_KEY, FATAL, HEAD_ROUND_KEY, SPEC_KEY, RunSpec, shared_nodes
+from fedper.spec import (
+    CLIENT_KEY,
+    EVALUATE_ROUND_KEY,
+    EVALUATION_RECORD,
+    FATAL,
+    HEAD_ROUND_KEY,
+    SPEC_KEY,
+    RunSpec,
+    shared_nodes,
+)
 
 app = ClientApp()
 
@@ -58,8 +69,14 @@ def worker(msg: Message, context: Context) -> tuple[ClientWorker, int, int]:
         runner.check_client(cid, partitions, nodes)
     else:
         runner.check_client(cid, None if nodes is not None else partitions)
-    injected_fault(spec, cid, int(config.get("server-round", 0)), msg.metadata.message_type)
-    return runner, cid, int(config.get("server-round", 0))
+    round_num, kind = int(config.get("server-round", 0)), msg.metadata.message_type
+    earlier = config.get(EVALUATE_ROUND_KEY)  # the round to evaluate, when not the message's
+    if earlier is not None:
+        injected_fault(spec, cid, int(earlier), "evaluate")
+        if kind == "evaluate":
+            return runner, cid, int(earlier)
+    injected_fault(spec, cid, round_num, kind)
+    return runner, cid, round_num
 
 
 def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
@@ -75,10 +92,14 @@ def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
         raise RuntimeError(f"injected failure of client {cid} in round {round_num} {phase}")
 
 
-def reply(msg: Message, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+def reply(
+    msg: Message, metrics: dict, arrays: ArrayRecord | None = None, evaluation: dict | None = None
+) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = arrays
+    if evaluation is not None:
+        content[EVALUATION_RECORD] = MetricRecord(evaluation)
     return Message(content=content, reply_to=msg)
 
 
@@ -124,9 +145,13 @@ def introduce(msg: Message, context: Context) -> Message:
 def train_round(msg: Message, context: Context) -> Message:
     def work(runner: ClientWorker, cid: int, round_num: int) -> Message:
         shared = shared_arrays(msg)
+        evaluation = None
+        earlier = msg.content["config"].get(EVALUATE_ROUND_KEY)
+        if earlier is not None:  # the arrays are that round's result: evaluate them first
+            evaluation = runner.evaluate(cid, int(earlier), shared, head_round(msg))
         result = runner.train(cid, round_num, shared, head_round(msg))
         sending = forged_for_tests(result.shared, context)
-        return reply(msg, result.metrics, packed_like(sending, shared))
+        return reply(msg, result.metrics, packed_like(sending, shared), evaluation)
 
     return handle(msg, context, work)
 

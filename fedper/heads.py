@@ -59,9 +59,11 @@ class DiskHeadStore(HeadStore):
     """Heads of one run on one node: `<state_dir>/<run id>/client_<cid>.pt`, each bound to
     `run_id`, its client and, when given, the `layout` of the model's head.
 
-    Each file keeps the head of the latest round the client trained in and the one before,
-    so that after a crash a head written during an unfinished round is never used: a client
-    training in round r reads the newest version older than r.
+    Each file keeps the head of the latest round the client trained in and `older` versions
+    before it, so that after a crash a head written during an unfinished round is never used:
+    a client training in round r reads the newest version older than r. One older version
+    covers a run that commits each round before the next starts; a run whose round r is
+    committed after round r+1's training (`engine.fold_evaluation`) keeps two.
 
     A client's training call loads its head, trains, then saves the next one, which needs
     the versions it loaded. `load_version` always reads and checks the file; `save` reuses
@@ -70,9 +72,14 @@ class DiskHeadStore(HeadStore):
     """
 
     def __init__(
-        self, directory: str | Path, run_id: str, layout: Mapping[str, str] | None = None
+        self,
+        directory: str | Path,
+        run_id: str,
+        layout: Mapping[str, str] | None = None,
+        older: int = 1,
     ) -> None:
         self.directory = Path(directory)
+        self.older = older
         self.run_id = run_id
         self.layout = dict(layout) if layout is not None else None
         self._loaded: tuple[int, tuple[int, int, int], dict[int, dict[str, torch.Tensor]]] | None
@@ -82,15 +89,15 @@ class DiskHeadStore(HeadStore):
         return self.directory / f"client_{cid}.pt"
 
     def save(self, cid: int, round_num: int, state: dict[str, torch.Tensor]) -> None:
-        """Store the head trained in `round_num`, keeping the newest earlier version."""
+        """Store the head trained in `round_num`, keeping the `older` newest earlier versions."""
         loaded, self._loaded = self._loaded, None
         self.check_no_links(cid)
         if loaded is not None and loaded[:2] == (cid, file_identity(self.path(cid))):
             versions = loaded[2]
         else:
             versions = self.versions(cid)
-        older = [r for r in versions if r < round_num]
-        kept = {max(older): versions[max(older)]} if older else {}
+        older = sorted(r for r in versions if r < round_num)[-self.older :]
+        kept = {r: versions[r] for r in older}
         kept[round_num] = state
         layout = self.layout if self.layout is not None else head_layout(state)
         owner = {"run_id": self.run_id, "client": cid, "layout": layout}

@@ -70,15 +70,20 @@ class ReplyCheck:
             int(c["cid"]): (c["num_train"], c["num_val"], c["num_test"]) for c in partition
         }
 
-    def collect(self, phase: Phase, answered: dict[int, tuple[Message, Message]]) -> Phase:
-        """Check every client's reply (cid -> (sent, reply)) into `phase`, in client order."""
+    def collect(
+        self, phase: Phase, answered: dict[int, tuple[Message, Message]], record: str = "metrics"
+    ) -> Phase:
+        """Check every client's reply (cid -> (sent, reply)) into `phase`, in client order.
+        `record` names the reply's metric record of this phase: another one is an evaluation
+        carried in a training reply (`engine.fold_evaluation`), whose arrays its training phase
+        checks."""
         for cid in sorted(answered):
             sent, reply = answered[cid]
             if reply.has_error():
                 phase.fail(cid, failure_reason(reply.error.reason))
                 continue
             try:
-                metrics, arrays = self.accept(phase.name, cid, sent, reply)
+                metrics, arrays = self.accept(phase.name, cid, sent, reply, record)
             except Refused as refused:
                 phase.fail(cid, f"reply refused: {refused}")
                 continue
@@ -90,7 +95,7 @@ class ReplyCheck:
         return phase
 
     def accept(
-        self, phase: str, cid: int, sent: Message, reply: Message
+        self, phase: str, cid: int, sent: Message, reply: Message, record: str = "metrics"
     ) -> tuple[dict, dict[str, np.ndarray] | None]:
         """The reply's metrics and (from training) shared arrays; `Refused` says why not."""
         source, destination = reply.metadata.src_node_id, sent.metadata.dst_node_id
@@ -98,10 +103,14 @@ class ReplyCheck:
             raise Refused(f"it came from node {source}, not node {destination} the message went to")
         try:  # whatever a reply holds, a bad one is refused, never a crash of the server
             content = reply.content
-            if "metrics" not in content.metric_records:
-                raise Refused("it holds no metrics")
-            metrics = checked_metrics(phase, dict(content.metric_records["metrics"]),
+            if record not in content.metric_records:
+                raise Refused(
+                    "it holds no metrics" if record == "metrics" else f"it holds no {record}"
+                )
+            metrics = checked_metrics(phase, dict(content.metric_records[record]),
                                       self.sizes[cid])  # fmt: skip
+            if record != "metrics":
+                return metrics, None
             sent_arrays = sent.content.array_records.get("arrays")
             got = content.array_records.get("arrays")
             if phase != TRAIN or sent_arrays is None or not len(sent_arrays):

@@ -187,7 +187,9 @@ def path_seconds(trips: list[tuple[float, Message, float]], push: float) -> dict
     for sent_at, reply, received_at in trips:
         if reply.has_error():
             continue
-        handler = sum(phase_seconds({0: dict(reply.content["metrics"])}).values())
+        # every metric record's timers: a training reply may carry a folded evaluation too
+        handler = sum(sum(phase_seconds({0: dict(record)}).values())
+                      for record in reply.content.metric_records.values())  # fmt: skip
         handler_start = reply.metadata.created_at - handler
         rows.append(
             (handler_start - sent_at - push, handler, received_at - reply.metadata.created_at)

@@ -13,9 +13,10 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Context, MessageType
+from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
 from fedper.algorithms import ALGORITHMS
@@ -39,7 +40,7 @@ from fedper.results import (
     start_line,
 )
 from fedper.rundir import RunLock
-from fedper.spec import RunPlan
+from fedper.spec import EVALUATION_RECORD, RunPlan
 from fedper.strategy import FedPerStrategy, average
 from fedper.trackers import RunTrackers
 
@@ -114,6 +115,9 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
     """Every round of the planned run, continuing after its checkpoint if there is one.
 
     Each round is committed once (`fedper.commit`): its results and the checkpoint together.
+    With `engine.fold_evaluation` a round's evaluation rides in the next round's training
+    messages (`Rounds.trained`), so a round is committed once the next round's replies are in;
+    a run stopped before that continues from the round before it.
     """
     spec = plan.spec
     cfg = spec.cfg
@@ -134,40 +138,80 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         strategy.restore_head_rounds(checkpoint.results["rounds"])
     trackers = RunTrackers.open(spec, results.rounds)  # logger=...: each committed round
     progress = RunProgress(cfg.num_rounds, first_round)  # a live bar in a terminal
+
+    def commit(entry: dict, arrays_after: dict) -> None:
+        results.commit(entry, arrays_after)
+        log_round(entry, cfg.num_rounds, progress.note(entry["round"]))
+        progress.advance(entry["round"], entry.get("accuracy"))
+        trackers.log_round(results.rounds[-1])
+
+    fold = bool(cfg.engine.get("fold_evaluation", False))
+    waiting: Trained | None = (
+        None  # a trained round whose evaluation rides in this round's messages
+    )
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()
-        train = rounds.phase(TRAIN, strategy.sample_clients(round_num), arrays, round_num)
+        sampled = strategy.sample_clients(round_num)
+        train, folded = rounds.trained(sampled, arrays, round_num, waiting)
         trained_at = time.perf_counter()
+        if waiting is not None:  # the round before is complete: committed with its arrays
+            commit(waiting.entry(folded), arrays)
+            waiting = None
         strategy.count_training(round_num, train.metrics)
         if train.arrays and arrays:
             arrays = average(train.arrays, {c: m["num-examples"] for c, m in train.metrics.items()})
+        train.arrays = {}  # every training reply held a client's shared arrays
         aggregated_at = time.perf_counter()
+        timing = {
+            "train_wall": trained_at - started,
+            "aggregate": aggregated_at - trained_at,
+            # the previous round's results, plot and checkpoint: outside `seconds`
+            "bookkeeping_before": started - previous_done if previous_done else 0.0,
+            "train_path": rounds.paths.pop(TRAIN, {}),
+        }
         evaluating = strategy.evaluation_clients(round_num, cfg.num_rounds)
+        if fold and evaluating and round_num < cfg.num_rounds:
+            sent = rounds.bytes_down.pop(round_num)  # its evaluation's go with the next round's
+            waiting = Trained(round_num, train, evaluating, sent, timing, folded=True)
+            previous_done = aggregated_at
+            continue
         evaluation = rounds.phase(EVALUATE, evaluating, arrays, round_num) if evaluating else None
         evaluated_at = time.perf_counter()
-
-        entry = round_entry(round_num, train, evaluation)
-        entry["bytes_down"] = rounds.bytes_down.pop(round_num)
-        entry["seconds"] = evaluated_at - started
-        entry["timing"].update(
-            train_wall=trained_at - started,
-            aggregate=aggregated_at - trained_at,
-            evaluate_wall=evaluated_at - aggregated_at,
-            # the previous round's results, plot and checkpoint: outside `seconds`
-            bookkeeping_before=started - previous_done if previous_done else 0.0,
-            train_path=rounds.paths.pop(TRAIN, {}),
-            evaluate_path=rounds.paths.pop(EVALUATE, {}),
-        )
-        del train, evaluation  # every training reply holds a client's shared arrays
+        timing.update(evaluate_wall=evaluated_at - aggregated_at,
+                      evaluate_path=rounds.paths.pop(EVALUATE, {}))  # fmt: skip
+        sent = rounds.bytes_down.pop(round_num)
+        entry = Trained(round_num, train, evaluating, sent, timing).entry(evaluation)
         previous_done = evaluated_at
-        results.commit(entry, arrays)
-        log_round(entry, cfg.num_rounds, progress.note(round_num))
-        progress.advance(round_num, entry.get("accuracy"))
-        trackers.log_round(results.rounds[-1])
+        commit(entry, arrays)
     progress.close()
     trackers.close()
     return results
+
+
+@dataclass
+class Trained:
+    """A round's training, its evaluation clients, what it sent and its timing: its
+    results.json entry once its evaluation is in."""
+
+    round_num: int
+    train: Phase
+    evaluating: list[int]
+    bytes_down: int
+    timing: dict
+    folded: bool = False  # its evaluation rides in the next round's messages
+
+    def entry(self, evaluation: Phase | None) -> dict:
+        """The round's entry. An evaluation that rode in the next round's messages took no
+        time of this round's (`evaluation_folded`; its seconds are in the next round's)."""
+        entry = round_entry(self.round_num, self.train, evaluation)
+        timing = {"evaluate_wall": 0.0, "evaluate_path": {}, **self.timing}
+        if self.folded:
+            timing["evaluation_folded"] = True
+        entry["bytes_down"] = self.bytes_down
+        entry["seconds"] = timing["train_wall"] + timing["aggregate"] + timing["evaluate_wall"]
+        entry["timing"].update(timing)
+        return entry
 
 
 class Rounds:
@@ -185,9 +229,52 @@ class Rounds:
     def phase(self, name: str, clients: list[int], arrays: dict, round_num: int) -> Phase:
         """Send `clients` the shared arrays for `name` (train | evaluate) and check the replies;
         too few good ones stop the run."""
-        record = pack(arrays)
         kind = MessageType.TRAIN if name == TRAIN else MessageType.EVALUATE
-        messages = self.strategy.messages(clients, record, self.link.config(round_num), kind)
+        answered = self.send(clients, arrays, round_num, kind, name)
+        phase = self.checks.collect(Phase(name, sorted(clients)), answered)
+        check_enough(round_num, phase, self.min_successful, self.run_dir)
+        return phase
+
+    def trained(
+        self, clients: list[int], arrays: dict, round_num: int, waiting: Trained | None
+    ) -> tuple[Phase, Phase | None]:
+        """A round's training and, when the round before waits for its evaluation, that
+        evaluation in the same exchange: the arrays sent are that round's result, so a client
+        that trains evaluates them first (one message), and one that does not gets an
+        evaluate message beside the training ones. The evaluation is checked first: its round
+        comes first."""
+        if waiting is None:
+            return self.phase(TRAIN, clients, arrays, round_num), None
+        earlier, training = waiting.round_num, set(clients)
+        kinds = {cid: MessageType.TRAIN for cid in clients}
+        kinds |= {cid: MessageType.EVALUATE for cid in waiting.evaluating if cid not in training}
+        # every message of the earlier round's evaluation names that round
+        answered = self.send(sorted(kinds), arrays, round_num, kinds, TRAIN,
+                             (earlier, waiting.evaluating))  # fmt: skip
+        evaluation = Phase(EVALUATE, sorted(waiting.evaluating))
+        in_training = {c: answered[c] for c in waiting.evaluating if c in training}
+        self.checks.collect(evaluation, in_training, EVALUATION_RECORD)
+        self.checks.collect(evaluation, {c: answered[c] for c in kinds if c not in training})
+        check_enough(earlier, evaluation, self.min_successful, self.run_dir)
+        train = self.checks.collect(Phase(TRAIN, sorted(clients)),
+                                    {c: answered[c] for c in clients})  # fmt: skip
+        check_enough(round_num, train, self.min_successful, self.run_dir)
+        return train, evaluation
+
+    def send(
+        self,
+        clients: list[int],
+        arrays: dict,
+        round_num: int,
+        kind: str | dict[int, str],
+        name: str,
+        evaluate_first: tuple[int, list[int]] | None = None,
+    ) -> dict[int, tuple[Message, Message]]:
+        """The messages of one exchange out and their replies in (cid -> (sent, reply)), with
+        the bytes sent and the messages' way recorded under `name`."""
+        record = pack(arrays)
+        config = self.link.config(round_num)
+        messages = self.strategy.messages(clients, record, config, kind, evaluate_first)
         sent = record_bytes(record) * len(messages)
         self.bytes_down[round_num] = self.bytes_down.get(round_num, 0) + sent
         answered = self.link.exchange_in_waves(
@@ -198,9 +285,7 @@ class Rounds:
              for cid, (sent, reply) in answered.items()],
             self.link.push_seconds,
         )  # fmt: skip
-        phase = self.checks.collect(Phase(name, sorted(clients)), answered)
-        check_enough(round_num, phase, self.min_successful, self.run_dir)
-        return phase
+        return answered
 
 
 def starting_point(cfg, checkpoint: Checkpoint | None, run_dir: str) -> tuple[int, dict]:

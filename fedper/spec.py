@@ -24,6 +24,10 @@ HEAD_ROUND_KEY = "head-round"
 # The client a train or evaluate message is for (a simulation node may serve several in turn).
 CLIENT_KEY = "client-id"
 RESTARTED_METRIC = "head_restarted"
+# In a training message (`engine.fold_evaluation`): the earlier round the client evaluates first,
+# with the arrays the message carries; its reply holds those metrics under EVALUATION_RECORD.
+EVALUATE_ROUND_KEY = "evaluate-round"
+EVALUATION_RECORD = "evaluation"
 # The record a client answers with when it cannot take part at all; the server stops the run.
 FATAL = "fatal"
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedper.spec import CLIENT_KEY, HEAD_ROUND_KEY
+from fedper.spec import CLIENT_KEY, EVALUATE_ROUND_KEY, HEAD_ROUND_KEY
 
 ARRAYS, CONFIG = "arrays", "config"  # where a message carries the shared arrays and settings
 
@@ -82,15 +82,28 @@ class FedPerStrategy:
         return self.draw(self.clients_per_evaluation, 3, round_num)
 
     def messages(
-        self, clients: Iterable[int], arrays: ArrayRecord, config: ConfigRecord, kind: str
+        self,
+        clients: Iterable[int],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        kind: str | Mapping[int, str],
+        evaluate_first: tuple[int, Iterable[int]] | None = None,
     ) -> dict[int, Message]:
         """cid -> its message: the shared arrays, the settings, the client and the round its
         head is from. Shared nodes take the clients in turn, so any `wave` messages in a row go
-        to different nodes."""
+        to different nodes. `kind` is one message type, or one per client; `evaluate_first`
+        (round, clients) asks those clients to evaluate that round before they train."""
+        first_round, first = evaluate_first or (0, ())
+        first = set(first)
 
         def content(cid: int) -> RecordDict:
             own = {CLIENT_KEY: cid, HEAD_ROUND_KEY: self.head_round.get(cid, 0)}
+            if cid in first:
+                own[EVALUATE_ROUND_KEY] = first_round
             return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({**config, **own})})
+
+        def type_of(cid: int) -> str:
+            return kind if isinstance(kind, str) else kind[cid]
 
         def node(index: int, cid: int) -> int:
             if self.shared_nodes:
@@ -98,7 +111,7 @@ class FedPerStrategy:
             return self.node_of_client[cid]
 
         return {
-            cid: Message(content(cid), message_type=kind, dst_node_id=node(index, cid))
+            cid: Message(content(cid), message_type=type_of(cid), dst_node_id=node(index, cid))
             for index, cid in enumerate(clients)
         }
 

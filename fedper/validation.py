@@ -61,6 +61,9 @@ def check_settings(cfg: DictConfig) -> None:
     check(width <= MAX_WIDTH, f"model.width_multiplier={show(width)} is out of range: use a number in (0, {MAX_WIDTH}]")  # fmt: skip
     check_bool("model.local_bn", OmegaConf.select(cfg, "model.local_bn"))
     check_bool("restart_lost_heads", cfg.get("restart_lost_heads", False))
+    check_bool(
+        "engine.fold_evaluation", OmegaConf.select(cfg, "engine.fold_evaluation", default=False)
+    )
     validate_dataset(cfg)
     cpus = cfg.client_resources.num_cpus
     check(

@@ -125,18 +125,22 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.mark.slow
 def test_the_deployment_bench_runs_on_loopback_and_leaves_nothing_behind(tmp_path):
-    cfg = make_config([*TINY, f"data_dir={tmp_path / 'datasets'}",
+    # 3 rounds: round 2 is a middle round, the one a long run repeats
+    cfg = make_config([*TINY, "num_rounds=3", f"data_dir={tmp_path / 'datasets'}",
                        f"state_dir={tmp_path / 'states'}"], "bench")  # fmt: skip
     report = run_deployment_bench(cfg, tmp_path / "bench")
     assert report["same_per_client_metrics"]
-    for engine in ("simulation", "deployment"):
+    for engine in ("simulation", "deployment_separate", "deployment"):
         (run,) = report["engines"][engine]["runs"]
-        assert len(run["round_seconds"]) == 2 and all(s > 0 for s in run["round_seconds"])
+        assert len(run["round_seconds"]) == 3 and all(s > 0 for s in run["round_seconds"])
     assert report["ratio_deployment_over_simulation"] > 0
+    # round 1's evaluation rode in round 2's training messages: one message kind fewer
+    folded = report["deployment_round_split"]
+    assert folded["process_start"] < report["separate_round_split"]["process_start"]
     assert json.loads((tmp_path / "bench" / "bench.json").read_text())["cold_start"]
     assert "deployment / simulation" in format_deployment(report)
-    # every SuperNode trained under its own state-dir
+    # every SuperNode trained under its own state-dir, one head file per deployment run
     for cid in range(2):
         node = tmp_path / "bench" / "federation" / f"node{cid}"
-        assert [p.name for p in node.rglob("*.pt")] == [f"client_{cid}.pt"]
+        assert [p.name for p in node.rglob("*.pt")] == [f"client_{cid}.pt"] * 2
     assert processes_mentioning(str(tmp_path)) == []

@@ -90,6 +90,9 @@ def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
     return out
 
 
+# the simulation; the Deployment Engine with separate train and evaluate messages
+# (engine.fold_evaluation=false); and with evaluations folded into training (its default)
+ENGINES = ("simulation", "deployment_separate", "deployment")
 PATH = ("push", "to_handler", "handler", "back")  # a message's way (fedper.results.path_seconds)
 # the cold start's parts that come before the handler's own clock: a fresh process's share
 # of the way to the handler
@@ -97,17 +100,31 @@ PROCESS_START = ("torch_import", "fedper_imports", "partition_from_cache",
                  "partition_fingerprint", "model_build", "initial_model_digest", "worker_other")  # fmt: skip
 
 
+def middle(values: list) -> list:
+    """Rounds after the first (caches, processes) and before the last: with
+    `engine.fold_evaluation` only the last round sends evaluate messages of its own, so the
+    middle rounds are what every round of a long run costs."""
+    return values[1:-1] if len(values) > 2 else steady(values)
+
+
 def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
-    """Later rounds, per phase: its wall seconds, the seconds one client spent inside the
+    """Middle rounds, per phase: its wall seconds, the seconds one client spent inside the
     ClientApp's handler (data, head, compute; its mean over clients), the rest (getting the
-    message to a ready ClientApp and the reply back), and a message's way in parts."""
+    message to a ready ClientApp and the reply back), and a message's way in parts. An
+    evaluation folded into the next round's training messages is that phase's handler time
+    (its evaluate phase then has no messages of its own)."""
     out = {}
-    for phase, count in (("train", lambda r: len(r["trained_clients"])),
-                         ("evaluate", lambda r: r["clients_ok"])):  # fmt: skip
-        later = steady(rounds)
-        wall = mean([r["timing"][f"{phase}_wall"] for r in later])
-        inside = mean([sum(r["timing"][f"{phase}_clients"].values()) / max(count(r), 1)
-                       for r in later])  # fmt: skip
+    later = middle(rounds)
+    for phase in ("train", "evaluate"):
+        walls, insides = [], []
+        for r in later:
+            timing, folded = r["timing"], r["timing"].get("evaluation_folded", False)
+            parts = [] if phase == "evaluate" and folded else [f"{phase}_clients"]
+            parts += ["evaluate_clients"] if phase == "train" and folded else []
+            count = len(r["trained_clients"]) if phase == "train" else r["clients_ok"]
+            walls.append(timing[f"{phase}_wall"])
+            insides.append(sum(sum(timing[p].values()) for p in parts) / max(count, 1))
+        wall, inside = mean(walls), mean(insides)
         out[phase] = {"wall": wall, "inside_handler": inside, "outside_handler": wall - inside}
         out[phase] |= {part: mean([r["timing"][f"{phase}_path"].get(part, 0.0) for r in later])
                        for part in PATH}  # fmt: skip
@@ -120,11 +137,12 @@ def round_split(phases: dict, cold: dict, polling: list[dict]) -> dict[str, floa
     measured in fresh processes), polling (half of each of Flower's intervals on the way:
     the expected wait) and transfer with the rest (what is left of the way)."""
     waits = [p["seconds"][0] for p in polling if p["where"] in ON_THE_WAY and p["seconds"]]
-    messages = len(phases)
-    way = sum(p["push"] + p["to_handler"] + p["back"] for p in phases.values())
+    sent = [p for p in phases.values() if p["wall"] > 0]  # a folded evaluation sends none
+    messages = len(sent)
+    way = sum(p["push"] + p["to_handler"] + p["back"] for p in sent)
     process = cold["python_and_flower_seconds"] + sum(cold["parts"][k] for k in PROCESS_START)
     split = {
-        "compute": sum(p["handler"] for p in phases.values()),
+        "compute": sum(p["handler"] for p in sent),
         "process_start": messages * process,
         "polling_expected": messages * sum(waits) / 2,
     }
@@ -151,7 +169,7 @@ def engine_summary(runs: list[dict]) -> dict:
     return {
         "first_round_seconds": mean([run["round_seconds"][0] for run in runs]),
         "round_seconds_after_first": mean(
-            [s for run in runs for s in steady(run["round_seconds"])]
+            [s for run in runs for s in middle(run["round_seconds"])]
         ),
         "wall_seconds": mean([run["wall_seconds"] for run in runs]),
         "phases": {
@@ -179,12 +197,15 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
     spec = plan_run(simulation, folder / "run").spec
     cold = measure_cold_start(spec, node_config, folder, settings.cold_starts)
 
-    runs: dict[str, list[dict]] = {"simulation": [], "deployment": []}
+    runs: dict[str, list[dict]] = {name: [] for name in ENGINES}
     with Federation(run_dir / "federation", cfg.num_clients, settings.start_timeout) as fed:
-        deployment = with_engine(cfg, "deployment", superlink=fed.superlink, insecure=True)
+        configs = {"simulation": simulation}
+        for name, fold in (("deployment_separate", False), ("deployment", True)):
+            configs[name] = with_engine(cfg, "deployment", superlink=fed.superlink,
+                                        insecure=True, fold_evaluation=fold)  # fmt: skip
         for repeat in range(1, settings.repeats + 1):
-            for name, engine_cfg in (("simulation", simulation), ("deployment", deployment)):
-                runs[name].append(timed_run(engine_cfg, run_dir / f"{name}-{repeat}"))
+            for name in ENGINES:
+                runs[name].append(timed_run(configs[name], run_dir / f"{name}-{repeat}"))
     engines = {name: engine_summary(engine_runs) for name, engine_runs in runs.items()}
     polling = flower_polling()
     report = {
@@ -196,13 +217,18 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
         "engines": engines,
         "ratio_deployment_over_simulation": engines["deployment"]["round_seconds_after_first"]
         / engines["simulation"]["round_seconds_after_first"],
+        "ratio_separate_over_simulation": engines["deployment_separate"]["round_seconds_after_first"]
+        / engines["simulation"]["round_seconds_after_first"],
         "same_per_client_metrics": all(
-            sim["per_client"] == dep["per_client"]
-            for sim, dep in zip(runs["simulation"], runs["deployment"], strict=True)
+            sim["per_client"] == dep["per_client"] == separate["per_client"]
+            for sim, dep, separate in zip(*(runs[name] for name in ENGINES), strict=True)
         ),
         "cold_start": cold,
         "flower_polling": polling,
         "deployment_round_split": round_split(engines["deployment"]["phases"], cold, polling),
+        "separate_round_split": round_split(
+            engines["deployment_separate"]["phases"], cold, polling
+        ),
         "targets": {"cold_start_seconds_max": TARGETS["cold_start_seconds_max"],
                     "cold_start_met": cold["ours_seconds"] <= TARGETS["cold_start_seconds_max"]},
         "settings": asdict(settings),
@@ -220,28 +246,29 @@ def format_deployment(report: dict) -> str:
         f"clients, {scen['num_rounds']} rounds of {scen['num_epochs']} epoch(s), batch "
         f"{scen['batch_size']}; {scen['repeats']} run(s) per engine, interleaved",
         "",
-        f"{'engine':14}{'round 1 (s)':>12}{'later rounds (s)':>18}{'run (s)':>10}",
+        f"{'engine':20}{'round 1 (s)':>12}{'middle rounds (s)':>19}{'run (s)':>10}",
     ]
     for name, part in engines.items():
-        lines.append(f"{name:14}{part['first_round_seconds']:12.2f}"
-                     f"{part['round_seconds_after_first']:18.2f}{part['wall_seconds']:10.1f}")  # fmt: skip
-    lines.append("per phase, later rounds (s): wall = inside the ClientApp's handler (one "
+        lines.append(f"{name:20}{part['first_round_seconds']:12.2f}"
+                     f"{part['round_seconds_after_first']:19.2f}{part['wall_seconds']:10.1f}")  # fmt: skip
+    lines.append("per phase, middle rounds (s): wall = inside the ClientApp's handler (one "
                  "client) + outside it (messaging; for deployment also polling, a fresh process, "
                  "imports and set-up)")  # fmt: skip
     for name, part in engines.items():
-        lines.append(f"  {name:12}" + "; ".join(
+        lines.append(f"  {name:20}" + "; ".join(
             f"{phase} {p['wall']:.2f} = {p['inside_handler']:.2f} + {p['outside_handler']:.2f}"
             for phase, p in part["phases"].items()))  # fmt: skip
     for name, part in engines.items():
-        lines.append(f"  {name:12}a message's way, mean over clients: " + "; ".join(
+        lines.append(f"  {name:20}a message's way, mean over clients: " + "; ".join(
             f"{phase} " + " + ".join(f"{p[k]:.2f}" for k in PATH)
             for phase, p in part["phases"].items()) + " (push + to the handler + handler + back)")  # fmt: skip
-    split = report["deployment_round_split"]
-    lines.append("deployment round, split (s): " + ", ".join(
-        f"{key.replace('_', ' ')} {value:.2f}" for key, value in split.items()))  # fmt: skip
+    for name, key in (("separate", "separate_round_split"), ("folded", "deployment_round_split")):
+        lines.append(f"deployment round ({name}), split (s): " + ", ".join(
+            f"{part.replace('_', ' ')} {value:.2f}" for part, value in report[key].items()))  # fmt: skip
     lines += [
-        f"deployment / simulation, later rounds: {report['ratio_deployment_over_simulation']:.1f}x"
-        f"; same per-client metrics: {report['same_per_client_metrics']}",
+        f"deployment / simulation, middle rounds: {report['ratio_deployment_over_simulation']:.1f}x"
+        f" (separate messages: {report['ratio_separate_over_simulation']:.1f}x); same per-client "
+        f"metrics: {report['same_per_client_metrics']}",
         "",
         *cold_start_lines(cold, report["targets"]["cold_start_seconds_max"]),
         "",
