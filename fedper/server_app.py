@@ -146,9 +146,8 @@ def run_server(grid: Grid, plan: RunPlan, stop: threading.Event | None = None) -
         trackers.log_round(results.rounds[-1])
 
     fold = bool(cfg.engine.get("fold_evaluation", False))
-    waiting: Trained | None = (
-        None  # a trained round whose evaluation rides in this round's messages
-    )
+    # a trained round whose evaluation rides in this round's messages
+    waiting: Trained | None = None
     previous_done = None  # when the previous round's last reply came in
     for round_num in range(first_round, cfg.num_rounds + 1):
         started = time.perf_counter()

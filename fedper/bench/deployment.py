@@ -119,8 +119,10 @@ def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
         walls, insides = [], []
         for r in later:
             timing, folded = r["timing"], r["timing"].get("evaluation_folded", False)
-            parts = [] if phase == "evaluate" and folded else [f"{phase}_clients"]
-            parts += ["evaluate_clients"] if phase == "train" and folded else []
+            if phase == "train":  # a folded evaluation ran inside the training handlers
+                parts = ["train_clients", "evaluate_clients"] if folded else ["train_clients"]
+            else:
+                parts = [] if folded else ["evaluate_clients"]
             count = len(r["trained_clients"]) if phase == "train" else r["clients_ok"]
             walls.append(timing[f"{phase}_wall"])
             insides.append(sum(sum(timing[p].values()) for p in parts) / max(count, 1))
