@@ -130,17 +130,20 @@ def test_the_deployment_bench_runs_on_loopback_and_leaves_nothing_behind(tmp_pat
                        f"state_dir={tmp_path / 'states'}"], "bench")  # fmt: skip
     report = run_deployment_bench(cfg, tmp_path / "bench")
     assert report["same_per_client_metrics"]
-    for engine in ("simulation", "deployment_separate", "deployment"):
+    for engine in ("simulation", "deployment_separate", "deployment", "deployment_warm"):
         (run,) = report["engines"][engine]["runs"]
         assert len(run["round_seconds"]) == 3 and all(s > 0 for s in run["round_seconds"])
     assert report["ratio_deployment_over_simulation"] > 0
+    assert report["ratio_warm_over_simulation"] > 0
     # round 1's evaluation rode in round 2's training messages: one message kind fewer
     folded = report["deployment_round_split"]
     assert folded["process_start"] < report["separate_round_split"]["process_start"]
+    assert report["warm_round_split"]["process_start"] == 0  # forked warm: in the rest
     assert json.loads((tmp_path / "bench" / "bench.json").read_text())["cold_start"]
     assert "deployment / simulation" in format_deployment(report)
     # every SuperNode trained under its own state-dir, one head file per deployment run
-    for cid in range(2):
-        node = tmp_path / "bench" / "federation" / f"node{cid}"
-        assert [p.name for p in node.rglob("*.pt")] == [f"client_{cid}.pt"] * 2
+    for federation, runs in (("federation", 2), ("federation_warm", 1)):
+        for cid in range(2):
+            node = tmp_path / "bench" / federation / f"node{cid}"
+            assert [p.name for p in node.rglob("*.pt")] == [f"client_{cid}.pt"] * runs
     assert processes_mentioning(str(tmp_path)) == []

@@ -1,8 +1,9 @@
 """Flower's Deployment Engine end to end on loopback, on federations shared by the module (the
 restart test starts one with a database of its own): a run matches the simulation with heads
 on their nodes; a SuperLink killed mid-run, or a killed `flwr run`, is one line and never
-"finished"; the SuperLink restarted with its database keeps its nodes and `resume=` finishes as
-an uninterrupted run; a plain `flwr run` prints the launcher's first and last lines; TLS with
+"finished"; ClientApps forked warm by `fedper.engines.warm` give the same run; the SuperLink
+restarted with its database keeps its nodes and `resume=` finishes as an uninterrupted run;
+a plain `flwr run` prints the launcher's first and last lines; TLS with
 SuperNode authentication finishes a run, refuses an unregistered node and tells a launcher
 without the CA what to set."""
 
@@ -93,6 +94,19 @@ def test_a_deployed_run_matches_the_simulation_and_heads_stay_on_their_nodes(
     path = results["rounds"][-1]["timing"]["train_path"]
     assert set(path) == {"push", "to_handler", "handler", "back"}
     assert all(seconds > 0 for seconds in path.values()), path
+
+
+def test_warm_clientapp_processes_give_the_simulations_run(tmp_path, reference):
+    # SuperNodes with --isolation process: only fedper.engines.warm starts their ClientApps
+    with Federation(tmp_path / "fed", 2, START_TIMEOUT, warm=True) as fed:
+        deployed = run_main(tmp_path, [*RUN, *fed.engine_overrides()], tmp_path / "run")
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        assert per_client(read_results(tmp_path / "run")) == reference
+        assert fed.orphans() == []
+    assert fed.flower_processes() == []
+    for cid in range(2):
+        log = (tmp_path / "fed" / f"node{cid}-clientapps.log").read_text()
+        assert "Traceback" not in log and "Warning" not in log, log[-3000:]
 
 
 @pytest.fixture

@@ -91,8 +91,9 @@ def with_engine(cfg: DictConfig, name: str, **values) -> DictConfig:
 
 
 # the simulation; the Deployment Engine with separate train and evaluate messages
-# (engine.fold_evaluation=false); and with evaluations folded into training (its default)
-ENGINES = ("simulation", "deployment_separate", "deployment")
+# (engine.fold_evaluation=false); with evaluations folded into training (its default); and
+# folded, with ClientApp processes forked warm by `fedper.engines.warm`
+ENGINES = ("simulation", "deployment_separate", "deployment", "deployment_warm")
 PATH = ("push", "to_handler", "handler", "back")  # a message's way (fedper.results.path_seconds)
 # the cold start's parts that come before the handler's own clock: a fresh process's share
 # of the way to the handler
@@ -133,16 +134,19 @@ def phase_split(rounds: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def round_split(phases: dict, cold: dict, polling: list[dict]) -> dict[str, float]:
+def round_split(phases: dict, cold: dict | None, polling: list[dict]) -> dict[str, float]:
     """A later deployment round's seconds per message kind summed (train, evaluate), as
     compute (inside the handler), process start (the cold start's parts before the handler,
-    measured in fresh processes), polling (half of each of Flower's intervals on the way:
-    the expected wait) and transfer with the rest (what is left of the way)."""
+    measured in fresh processes; `cold=None` for warm processes, whose fork and re-import of
+    fedper stay in the rest), polling (half of each of Flower's intervals on the way: the
+    expected wait) and transfer with the rest (what is left of the way)."""
     waits = [p["seconds"][0] for p in polling if p["where"] in ON_THE_WAY and p["seconds"]]
     sent = [p for p in phases.values() if p["wall"] > 0]  # a folded evaluation sends none
     messages = len(sent)
     way = sum(p["push"] + p["to_handler"] + p["back"] for p in sent)
-    process = cold["python_and_flower_seconds"] + sum(cold["parts"][k] for k in PROCESS_START)
+    process = 0.0
+    if cold is not None:
+        process = cold["python_and_flower_seconds"] + sum(cold["parts"][k] for k in PROCESS_START)
     split = {
         "compute": sum(p["handler"] for p in sent),
         "process_start": messages * process,
@@ -200,16 +204,23 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
     cold = measure_cold_start(spec, node_config, folder, settings.cold_starts)
 
     runs: dict[str, list[dict]] = {name: [] for name in ENGINES}
-    with Federation(run_dir / "federation", cfg.num_clients, settings.start_timeout) as fed:
+    with (
+        Federation(run_dir / "federation", cfg.num_clients, settings.start_timeout) as fed,
+        Federation(
+            run_dir / "federation_warm", cfg.num_clients, settings.start_timeout, warm=True
+        ) as warm,
+    ):
         configs = {"simulation": simulation}
-        for name, fold in (("deployment_separate", False), ("deployment", True)):
-            configs[name] = with_engine(cfg, "deployment", superlink=fed.superlink,
+        for name, link, fold in (("deployment_separate", fed, False), ("deployment", fed, True),
+                                 ("deployment_warm", warm, True)):  # fmt: skip
+            configs[name] = with_engine(cfg, "deployment", superlink=link.superlink,
                                         insecure=True, fold_evaluation=fold)  # fmt: skip
         for repeat in range(1, settings.repeats + 1):
             for name in ENGINES:
                 runs[name].append(timed_run(configs[name], run_dir / f"{name}-{repeat}"))
     engines = {name: engine_summary(engine_runs) for name, engine_runs in runs.items()}
     polling = flower_polling()
+    middle_round = {name: part["round_seconds_after_first"] for name, part in engines.items()}
     report = {
         "scenario": {"dataset": cfg.dataset.name, "model": cfg.model_name,
                      "width_multiplier": cfg.model.get("width_multiplier"),
@@ -217,13 +228,13 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
                      "num_epochs": cfg.num_epochs, "batch_size": cfg.batch_size,
                      "repeats": settings.repeats},  # fmt: skip
         "engines": engines,
-        "ratio_deployment_over_simulation": engines["deployment"]["round_seconds_after_first"]
-        / engines["simulation"]["round_seconds_after_first"],
-        "ratio_separate_over_simulation": engines["deployment_separate"]["round_seconds_after_first"]
-        / engines["simulation"]["round_seconds_after_first"],
+        "ratio_deployment_over_simulation": middle_round["deployment"] / middle_round["simulation"],
+        "ratio_separate_over_simulation": middle_round["deployment_separate"]
+        / middle_round["simulation"],
+        "ratio_warm_over_simulation": middle_round["deployment_warm"] / middle_round["simulation"],
         "same_per_client_metrics": all(
-            sim["per_client"] == dep["per_client"] == separate["per_client"]
-            for sim, dep, separate in zip(*(runs[name] for name in ENGINES), strict=True)
+            all(run["per_client"] == same[0]["per_client"] for run in same[1:])
+            for same in zip(*(runs[name] for name in ENGINES), strict=True)
         ),
         "cold_start": cold,
         "flower_polling": polling,
@@ -231,6 +242,7 @@ def run_deployment_bench(cfg: DictConfig, run_dir: str | Path) -> dict:
         "separate_round_split": round_split(
             engines["deployment_separate"]["phases"], cold, polling
         ),
+        "warm_round_split": round_split(engines["deployment_warm"]["phases"], None, polling),
         "targets": {"cold_start_seconds_max": TARGETS["cold_start_seconds_max"],
                     "cold_start_met": cold["ours_seconds"] <= TARGETS["cold_start_seconds_max"]},
         "settings": asdict(settings),
@@ -264,12 +276,14 @@ def format_deployment(report: dict) -> str:
         lines.append(f"  {name:20}a message's way, mean over clients: " + "; ".join(
             f"{phase} " + " + ".join(f"{p[k]:.2f}" for k in PATH)
             for phase, p in part["phases"].items()) + " (push + to the handler + handler + back)")  # fmt: skip
-    for name, key in (("separate", "separate_round_split"), ("folded", "deployment_round_split")):
+    for name, key in (("separate", "separate_round_split"), ("folded", "deployment_round_split"),
+                      ("folded, warm", "warm_round_split")):  # fmt: skip
         lines.append(f"deployment round ({name}), split (s): " + ", ".join(
             f"{part.replace('_', ' ')} {value:.2f}" for part, value in report[key].items()))  # fmt: skip
     lines += [
         f"deployment / simulation, middle rounds: {report['ratio_deployment_over_simulation']:.1f}x"
-        f" (separate messages: {report['ratio_separate_over_simulation']:.1f}x); same per-client "
+        f" (separate messages: {report['ratio_separate_over_simulation']:.1f}x; warm ClientApp "
+        f"processes: {report['ratio_warm_over_simulation']:.1f}x); same per-client "
         f"metrics: {report['same_per_client_metrics']}",
         "",
         *cold_start_lines(cold, report["targets"]["cold_start_seconds_max"]),

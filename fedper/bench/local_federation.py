@@ -2,6 +2,10 @@
 SuperNode per client, each in a process group of its own with its own FLWR_HOME and folders,
 stopped by its PID (never by name: other Flower processes on the machine are not ours).
 
+With `warm=True` each SuperNode runs with `--isolation process` and its ClientApps are started
+by `fedper.engines.warm` (forked from a process that imported Flower and torch once) instead of
+Flower's `flower-superexec`.
+
 Optionally the SuperLink keeps its state in a database file (`database=True`, so it can be
 restarted), and speaks TLS with SuperNode authentication (`secure=<folder>` made by
 `fedper.certificates`: the nodes' public keys are registered before they start).
@@ -64,6 +68,7 @@ class Federation:
         database: bool = False,
         secure: Path | None = None,
         node_extra: dict[int, str] | None = None,
+        warm: bool = False,
     ) -> None:
         self.folder = folder
         self.start_timeout = start_timeout
@@ -75,6 +80,7 @@ class Federation:
         self.database = folder / SUPERLINK / "state.db" if database else None
         self.secure = secure
         self.node_extra = node_extra or {}  # cid -> more node config (tests: rogue="nan")
+        self.warm = warm
 
     def engine_overrides(self) -> list[str]:
         """`python -m fedper.main` overrides that reach this SuperLink."""
@@ -83,14 +89,18 @@ class Federation:
             return [*out, "engine.insecure=true"]
         return [*out, f"engine.root_certificates={self.secure / 'ca.crt'}"]
 
-    def start(self, name: str, args: list[str], home: Path, port: int) -> subprocess.Popen:
-        """One server in its own session (so its children stop with it), listening on port."""
+    def launch(self, name: str, args: list[str], home: Path) -> subprocess.Popen:
+        """One process in its own session (so its children stop with it), logging to name.log."""
         home.mkdir(parents=True, exist_ok=True)
         log = (self.folder / f"{name}.log").open("a")
-        process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   env=flower_env(home), cwd=home)  # fmt: skip
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=flower_env(home), cwd=home)  # fmt: skip
         self.processes[name] = process
+        return process
+
+    def start(self, name: str, args: list[str], home: Path, port: int) -> subprocess.Popen:
+        """One server (a command in this environment's bin), listening on port."""
+        process = self.launch(name, [str(BIN / args[0]), *args[1:]], home)
         deadline = time.monotonic() + self.start_timeout
         while not listening(port):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -147,7 +157,13 @@ class Federation:
             args += ["--root-certificates", str(self.secure / "ca.crt")]
         if private_key is not None:
             args += ["--auth-supernode-private-key", str(private_key)]
-        self.start(name, args, node / "home", port)
+        if self.warm:
+            args += ["--isolation", "process"]
+        supernode = self.start(name, args, node / "home", port)
+        if self.warm:
+            self.launch(f"{name}-clientapps", [sys.executable, "-m", "fedper.engines.warm",
+                        "--runtime-api-address", f"127.0.0.1:{port}", "--insecure",
+                        "--parent-pid", str(supernode.pid)], node / "home")  # fmt: skip
         return node
 
     def __enter__(self) -> Federation:
