@@ -45,11 +45,25 @@ def test_a_task_process_loads_fedper_afresh_and_runs_the_task_it_was_given():
     assert seen["runtime_dependency_install"] is False  # a warm process cannot change them
 
 
-def test_the_command_line_needs_the_runtime_api_and_how_to_reach_it(capsys):
+def test_the_command_line_needs_the_runtime_api_and_how_to_reach_it(tmp_path, capsys):
     args = parse_args(["--runtime-api-address", "127.0.0.1:9094", "--insecure"])
     assert args.insecure and args.root_certificates is None and args.poll_seconds > 0
-    for argv in (["--insecure"], ["--runtime-api-address", "127.0.0.1:9094"],
-                 ["--runtime-api-address", "a:1", "--insecure", "--root-certificates", "c"]):  # fmt: skip
-        with pytest.raises(SystemExit):
+    (tmp_path / "ca.crt").write_text("CA")
+    args = parse_args(["--runtime-api-address", "node:9094", "--root-certificates",
+                       str(tmp_path / "ca.crt"), "--poll-seconds", "0.5"])  # fmt: skip
+    assert (args.insecure, args.poll_seconds) == (False, 0.5)
+    address, ca = ["--runtime-api-address", "127.0.0.1:9094"], str(tmp_path / "ca.crt")
+    refused = {
+        "required: --runtime-api-address": ["--insecure"],
+        "one of the arguments --insecure --root-certificates": address,
+        "not allowed with argument": [*address, "--insecure", "--root-certificates", ca],
+        "'localhost' is not host:port": ["--runtime-api-address", "localhost", "--insecure"],
+        "not a file": [*address, "--root-certificates", str(tmp_path / "missing.crt")],
+        "seconds in (0, 60]": [*address, "--insecure", "--poll-seconds", "0"],
+    }
+    for said, argv in refused.items():
+        with pytest.raises(SystemExit) as stopped:
             parse_args(argv)
-    assert "--runtime-api-address" in capsys.readouterr().err
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert said in err[-1], err  # one line, after the usage

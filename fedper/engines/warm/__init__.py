@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import sys
 import time
+from pathlib import Path
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.app_utils import start_parent_process_monitor
@@ -97,6 +98,8 @@ def serve(args: argparse.Namespace) -> None:
         retry_invoker=make_simple_http_retry_invoker(),
     )
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    print(f"fedper.engines.warm: starting the ClientApps of the SuperNode at "
+          f"{args.runtime_api_address}, forked warm", file=sys.stderr, flush=True)  # fmt: skip
     try:
         while True:
             executor.reconcile()
@@ -109,20 +112,46 @@ def serve(args: argparse.Namespace) -> None:
         client.close()
 
 
+def host_port(value: str) -> str:
+    """A host:port, as the SuperNode's Runtime API address is given."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not host:port, e.g. 127.0.0.1:9094")
+    return value
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds in (0, 60]")
+    return seconds
+
+
+def existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a file (the Runtime API's CA certificate)"
+        )
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fedper.engines.warm",
         description="Start a SuperNode's ClientApp processes warm (run the SuperNode with "
         "--isolation process and give this its Runtime API address, its --port).",
     )
-    parser.add_argument("--runtime-api-address", required=True,
+    parser.add_argument("--runtime-api-address", required=True, type=host_port,
                         help="the SuperNode's Runtime API, host:port (its --port)")  # fmt: skip
     tls = parser.add_mutually_exclusive_group(required=True)
     tls.add_argument("--insecure", action="store_true",
                      help="the Runtime API speaks plain HTTP (the SuperNode's default)")  # fmt: skip
-    tls.add_argument("--root-certificates", metavar="CA_CERT",
+    tls.add_argument("--root-certificates", metavar="CA_CERT", type=existing_file,
                      help="CA certificate of a Runtime API started with --ssl-certfile")  # fmt: skip
-    parser.add_argument("--poll-seconds", type=float, default=POLL_SECONDS,
+    parser.add_argument("--poll-seconds", type=positive_seconds, default=POLL_SECONDS,
                         help=f"seconds between polls while idle (default {POLL_SECONDS})")  # fmt: skip
     parser.add_argument("--parent-pid", type=int,
                         help="stop when this process (the SuperNode) has ended")  # fmt: skip
