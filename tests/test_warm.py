@@ -1,6 +1,7 @@
 """`fedper.engines.warm`: a task process forked from the warm one forgets fedper's modules (the
 run's FAB supplies them) but keeps the libraries, and hands Flower's `run_clientapp` the task
-as `flwr-clientapp` would; the command line asks for the Runtime API and how to reach it."""
+as `flwr-clientapp` would; the command line asks for the Runtime API and how to reach it, and
+the launcher stops in one line once its SuperNode has ended."""
 
 import json
 import subprocess
@@ -67,3 +68,21 @@ def test_the_command_line_needs_the_runtime_api_and_how_to_reach_it(tmp_path, ca
         assert stopped.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert said in err[-1], err  # one line, after the usage
+
+
+def test_it_stops_in_one_line_when_its_supernode_has_ended():
+    supernode = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)  # fmt: skip
+    # nothing listens on port 1: it keeps asking, as it would while its SuperNode starts
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fedper.engines.warm", "--runtime-api-address", "127.0.0.1:1",
+         "--insecure", "--parent-pid", str(supernode.pid)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    supernode.communicate(input="")  # the stand-in ends and is reaped
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"fedper.engines.warm: stopped: its SuperNode (process {supernode.pid}) has ended"
+    )

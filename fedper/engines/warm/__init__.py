@@ -1,5 +1,6 @@
 """Warm ClientApp processes for a SuperNode started with `--isolation process`:
 `python -m fedper.engines.warm --runtime-api-address 127.0.0.1:9094 --insecure`.
+With `--parent-pid <the SuperNode's pid>` it stops when the SuperNode does.
 
 A SuperNode answers every message in a fresh ClientApp process. Started the default way, its
 `flower-superexec` launches `flwr-clientapp`, which imports Python, Flower and torch again for
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,3 +158,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int,
                         help="stop when this process (the SuperNode) has ended")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted, or until the SuperNode given as --parent-pid has ended (then
+    exit 0); either way one line on stderr says why it stopped."""
+    args = parse_args(argv)
+    try:
+        serve(args)
+    except KeyboardInterrupt:
+        ended = args.parent_pid is not None and not alive(args.parent_pid)
+        why = f"its SuperNode (process {args.parent_pid}) has ended" if ended else "interrupted"
+        print(f"fedper.engines.warm: stopped: {why}", file=sys.stderr, flush=True)
+        return 0 if ended else 130
+    return 0

@@ -1,5 +1,7 @@
 """`python -m fedper.engines.warm`: start a SuperNode's ClientApp processes warm."""
 
-from fedper.engines.warm import parse_args, serve
+import sys
 
-serve(parse_args())
+from fedper.engines.warm import main
+
+sys.exit(main())
