@@ -14,6 +14,9 @@ the round.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -81,15 +84,27 @@ def worker(msg: Message, context: Context) -> tuple[ClientWorker, int, int]:
 
 def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
     """The test-only `faults.fail_*` injection: raise where a real client could fail (OOM, a
-    bad file)."""
+    bad file); and `faults.hold_*`: wait in a phase until a file exists, so a test can act
+    while a round is surely under way."""
     faults = spec.resolved_config.get("faults") or {}
     phase = {"train": "train", "evaluate": "evaluate"}.get(kind)
+    if faults.get("hold_round") == round_num and faults.get("hold_phase") == phase:
+        hold_until(Path(faults["hold_until"]), float(faults.get("hold_seconds_max", 600)))
     if (faults.get("fail_client"), faults.get("fail_round"), faults.get("fail_phase")) == (
         cid,
         round_num,
         phase,
     ):
         raise RuntimeError(f"injected failure of client {cid} in round {round_num} {phase}")
+
+
+def hold_until(release: Path, most_seconds: float) -> None:
+    """Wait until the file `release` exists (a test creates it), at most `most_seconds`."""
+    deadline = time.monotonic() + most_seconds
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"held {most_seconds:g} s and {release} never appeared")
+        time.sleep(0.05)
 
 
 def reply(

@@ -125,7 +125,8 @@ def validate_dataset(cfg: DictConfig) -> None:
 
 
 def validate_faults(cfg: DictConfig) -> None:
-    """The test-only fault injection: off (null) or a client, a round and a phase that exist."""
+    """The test-only fault injection: off (null) or a client, a round and a phase that exist;
+    a hold names its round, phase and release file."""
     faults = cfg.get("faults") or {}
     if faults.get("fail_client") is not None:
         check_range("faults.fail_client", faults.fail_client, 0, cfg.num_clients - 1,
@@ -134,6 +135,13 @@ def validate_faults(cfg: DictConfig) -> None:
         check_whole("faults.fail_round", faults.fail_round, 1)
     if "fail_phase" in faults:
         check_choice("faults.fail_phase", faults.fail_phase, ["train", "evaluate"])
+    if faults.get("hold_round") is not None:
+        check_whole("faults.hold_round", faults.hold_round, 1)
+        check_choice("faults.hold_phase", faults.get("hold_phase"), ["train", "evaluate"])
+        check(isinstance(faults.get("hold_until"), str) and faults.hold_until != "",
+              "faults.hold_round needs faults.hold_until=<a file the test creates to release "
+              "the clients>")  # fmt: skip
+        check_range("faults.hold_seconds_max", faults.get("hold_seconds_max"), 1, 3600, "")
 
 
 def validate_engine(cfg: DictConfig) -> None:

@@ -333,3 +333,11 @@ def test_the_client_path_imports_none_of_the_heavy_modules():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_a_held_client_goes_on_once_its_release_file_exists_and_not_forever(tmp_path):
+    release = tmp_path / "release"
+    release.touch()
+    client_app.hold_until(release, 600)  # there already: returns at once
+    with pytest.raises(RuntimeError, match=f"held 0.2 s and {tmp_path / 'missing'} never"):
+        client_app.hold_until(tmp_path / "missing", 0.2)

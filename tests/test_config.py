@@ -40,6 +40,8 @@ from fedper.validation import validate_config
         ("dataset.fraction=1", "dataset.fraction=1 is out of range: use a number strictly between 0 and 1"),
         ("faults.fail_phase=fit", "faults.fail_phase=fit is unknown: use one of train, evaluate"),
         ("faults.fail_client=10", "faults.fail_client=10 is out of range for num_clients=10: use 0-9"),
+        ("faults.hold_round=0", "faults.hold_round=0 is out of range: use a whole number >= 1"),
+        ("faults.hold_round=2", "faults.hold_round needs faults.hold_until=<a file the test creates to release the clients>"),
         ("engine.reply_timeout=0", "engine.reply_timeout=0 is out of range: use a number of seconds > 0"),
         ("algorithm=fedprox", "algorithm=fedprox is unknown: use one of fedper, fedavg, fedavg_ft, local, fedrep, lg_fedavg, fedbn (did you mean algorithm=fedper?)"),
         ("model_name=vgg", "model_name=vgg is unknown: use one of mobile, resnet"),

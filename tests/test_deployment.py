@@ -1,11 +1,11 @@
 """Flower's Deployment Engine end to end on loopback, on federations shared by the module (the
-restart test starts one with a database of its own): a run matches the simulation with heads
-on their nodes; a SuperLink killed mid-run, or a killed `flwr run`, is one line and never
-"finished"; ClientApps forked warm by `fedper.engines.warm` give the same run; the SuperLink
-restarted with its database keeps its nodes and `resume=` finishes as an uninterrupted run;
-a plain `flwr run` prints the launcher's first and last lines; TLS with
-SuperNode authentication finishes a run, refuses an unregistered node and tells a launcher
-without the CA what to set."""
+restart test starts one with a database of its own), whose SuperNodes fork their ClientApps
+warm (`fedper.engines.warm`): a run matches the simulation with heads on their nodes, and so
+does one on SuperNodes that start ClientApps with Flower's own launcher; a SuperLink killed
+mid-run, or a killed `flwr run`, is one line and never "finished"; the SuperLink restarted
+with its database keeps its nodes and `resume=` finishes as an uninterrupted run; a plain
+`flwr run` prints the launcher's first and last lines; TLS with SuperNode authentication
+finishes a run, refuses an unregistered node and tells a launcher without the CA what to set."""
 
 from __future__ import annotations
 
@@ -43,13 +43,21 @@ def reference(tmp_path_factory) -> list[dict]:
     return per_client(read_results(folder / "run"))
 
 
+def clean_stop(fed: Federation) -> None:
+    """Nothing of the federation is left, and its warm launchers never failed."""
+    assert fed.flower_processes() == []
+    for log in fed.folder.glob("*-clientapps.log"):
+        text = log.read_text()
+        assert "Traceback" not in text and "Warning" not in text, text[-3000:]
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """A SuperLink and two SuperNodes over plain HTTP on loopback."""
-    with Federation(tmp_path_factory.mktemp("fed"), 2, START_TIMEOUT) as fed:
+    """A SuperLink and two SuperNodes over plain HTTP on loopback, ClientApps forked warm."""
+    with Federation(tmp_path_factory.mktemp("fed"), 2, START_TIMEOUT, warm=True) as fed:
         yield fed
         assert fed.orphans() == []
-    assert fed.flower_processes() == []
+    clean_stop(fed)
 
 
 def launch(folder: Path, overrides: list[str]) -> subprocess.Popen:
@@ -69,6 +77,14 @@ def read_until(process: subprocess.Popen, text: str) -> list[str]:
             break
     assert text in "".join(lines), "".join(lines) + process.stderr.read()[-3000:]
     return lines
+
+
+def hold_round_2(folder: Path) -> list[str]:
+    """Overrides that keep every client in round 2's evaluation until `folder/release` exists
+    (round 1 is committed once round 2's training replies are in): whatever the test stops
+    after round 1's line, it stops during round 2."""
+    return ["faults.hold_round=2", "faults.hold_phase=evaluate",
+            f"faults.hold_until={folder / 'release'}"]  # fmt: skip
 
 
 def finish(process: subprocess.Popen, lines: list[str]) -> tuple[str, str]:
@@ -96,35 +112,34 @@ def test_a_deployed_run_matches_the_simulation_and_heads_stay_on_their_nodes(
     assert all(seconds > 0 for seconds in path.values()), path
 
 
-def test_warm_clientapp_processes_give_the_simulations_run(tmp_path, reference):
-    # SuperNodes with --isolation process: only fedper.engines.warm starts their ClientApps
-    with Federation(tmp_path / "fed", 2, START_TIMEOUT, warm=True) as fed:
+def test_flowers_own_clientapp_launcher_gives_the_simulations_run(tmp_path, reference):
+    # SuperNodes as Flower starts them by default: a flwr-clientapp process per message
+    with Federation(tmp_path / "fed", 2, START_TIMEOUT) as fed:
         deployed = run_main(tmp_path, [*RUN, *fed.engine_overrides()], tmp_path / "run")
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         assert per_client(read_results(tmp_path / "run")) == reference
         assert fed.orphans() == []
     assert fed.flower_processes() == []
-    for cid in range(2):
-        log = (tmp_path / "fed" / f"node{cid}-clientapps.log").read_text()
-        assert "Traceback" not in log and "Warning" not in log, log[-3000:]
 
 
 @pytest.fixture
 def federation_with_database(tmp_path):
     """A SuperLink keeping its state in a database file (so it can restart), and two nodes."""
-    with Federation(tmp_path / "fed", 2, START_TIMEOUT, database=True) as fed:
+    with Federation(tmp_path / "fed", 2, START_TIMEOUT, database=True, warm=True) as fed:
         yield fed
-    assert fed.flower_processes() == []
+    clean_stop(fed)
 
 
 def test_a_killed_superlink_is_one_line_and_after_its_restart_resume_matches(
     tmp_path, federation_with_database, reference
 ):
     federation, run_dir = federation_with_database, tmp_path / "run"
-    launcher = launch(tmp_path, [*RUN, *federation.engine_overrides(), f"hydra.run.dir={run_dir}"])
+    overrides = [*RUN, *federation.engine_overrides(), *hold_round_2(tmp_path)]
+    launcher = launch(tmp_path, [*overrides, f"hydra.run.dir={run_dir}"])
     lines = read_until(launcher, "round 1/2")
-    federation.stop_superlink(signal.SIGKILL)  # during round 2
+    federation.stop_superlink(signal.SIGKILL)  # the clients wait in round 2's evaluation
     out, err = finish(launcher, lines)
+    (tmp_path / "release").touch()
     assert launcher.returncode == 2 and "finished" not in out, out + err
     (line,) = err.strip().splitlines()
     assert re.fullmatch(
@@ -145,13 +160,15 @@ def test_a_killed_superlink_is_one_line_and_after_its_restart_resume_matches(
 
 def test_a_killed_flwr_run_stops_the_run_and_is_one_line(tmp_path, federation):
     run_dir = tmp_path / "run"
-    launcher = launch(tmp_path, [*RUN, *federation.engine_overrides(), f"hydra.run.dir={run_dir}"])
+    overrides = [*RUN, *federation.engine_overrides(), *hold_round_2(tmp_path)]
+    launcher = launch(tmp_path, [*overrides, f"hydra.run.dir={run_dir}"])
     lines = read_until(launcher, "round 1/2")
     psutil = psutil_module()
     (flwr_run,) = [p for p in psutil.Process(launcher.pid).children(recursive=True)
                    if "run" in p.cmdline() and "--stream" in p.cmdline()]  # fmt: skip
-    flwr_run.send_signal(signal.SIGKILL)
+    flwr_run.send_signal(signal.SIGKILL)  # the clients wait in round 2's evaluation
     out, err = finish(launcher, lines)
+    (tmp_path / "release").touch()
     assert launcher.returncode == 2 and "finished" not in out, out + err
     (line,) = err.strip().splitlines()
     assert re.fullmatch(
@@ -181,11 +198,13 @@ def test_a_plain_flwr_run_prints_the_launchers_first_and_last_lines(tmp_path, fe
 
 def test_a_rogue_nodes_arrays_are_refused_and_the_run_goes_on_without_them(tmp_path):
     """Client 1's node forges non-finite arrays (the test-only node config `rogue="nan"`)."""
-    with Federation(tmp_path / "fed", 2, START_TIMEOUT, node_extra={1: 'rogue="nan"'}) as fed:
+    rogue = {1: 'rogue="nan"'}
+    with Federation(tmp_path / "fed", 2, START_TIMEOUT, node_extra=rogue, warm=True) as fed:
         deployed = run_main(
             tmp_path, [*RUN, *fed.engine_overrides(), "min_successful_clients=1"], tmp_path / "run"
         )
         assert fed.orphans() == []
+    clean_stop(fed)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     for entry in read_results(tmp_path / "run")["rounds"]:
         assert entry["partial"] and entry["trained_clients"] == [0]
@@ -210,9 +229,9 @@ def secure(tmp_path_factory):
     """TLS and SuperNode authentication: nodes 0 and 1 registered, a third key that is not."""
     folder = tmp_path_factory.mktemp("secure")
     make_certificates(folder / "certs", ["127.0.0.1"], nodes=3)
-    with Federation(folder / "fed", 2, START_TIMEOUT, secure=folder / "certs") as fed:
+    with Federation(folder / "fed", 2, START_TIMEOUT, secure=folder / "certs", warm=True) as fed:
         yield fed
-    assert fed.flower_processes() == []
+    clean_stop(fed)
 
 
 def test_tls_with_node_authentication_finishes_a_run(tmp_path, secure, reference):

@@ -286,6 +286,18 @@ def test_by_default_a_failing_client_stops_the_run_with_its_reason(tmp_path):
     assert len(load_results(tmp_path / "run")["rounds"]) == 1
 
 
+def test_held_clients_wait_for_their_release_file_and_give_up_after_the_most_seconds(tmp_path):
+    release = tmp_path / "release"
+    hold = ["faults.hold_round=2", "faults.hold_phase=train", f"faults.hold_until={release}",
+            "faults.hold_seconds_max=1"]  # fmt: skip
+    with pytest.raises(Exception) as error:
+        start_run(tmp_path, hold, run="never_released")
+    assert f"(partition-id 0: held 1 s and {release} never appeared" in str(error.value)
+    assert len(load_results(tmp_path / "never_released")["rounds"]) == 1
+    release.touch()
+    assert len(start_run(tmp_path, hold, run="released")["rounds"]) == 2
+
+
 def test_a_run_directory_with_other_settings_is_refused(finished):
     root, _ = finished
     with pytest.raises(ConfigError) as error:
