@@ -56,7 +56,8 @@ def serve_task(spec: ExecutionSpec, certificates: bytes | None) -> None:
 
 
 class ForkServerExecutor:
-    """A Flower SuperExec executor that forks each ClientApp process from a warm fork server."""
+    """Starts each task Flower's plugin hands it (`launch`, as a SuperExec executor does) in a
+    process forked from the warm fork server."""
 
     def __init__(self, certificates: bytes | None) -> None:
         self.certificates = certificates
@@ -70,10 +71,6 @@ class ForkServerExecutor:
 
     def reconcile(self) -> None:
         multiprocessing.active_children()  # reaps the task processes that have ended
-
-    def close(self) -> None:
-        for process in multiprocessing.active_children():
-            process.join()
 
 
 class ClientAppPlugin(BaseExecPlugin):
