@@ -89,7 +89,7 @@ def injected_fault(spec: RunSpec, cid: int, round_num: int, kind: str) -> None:
     faults = spec.resolved_config.get("faults") or {}
     phase = {"train": "train", "evaluate": "evaluate"}.get(kind)
     if faults.get("hold_round") == round_num and faults.get("hold_phase") == phase:
-        hold_until(Path(faults["hold_until"]), float(faults.get("hold_seconds_max", 600)))
+        hold_until(Path(faults["hold_until"]), float(faults["hold_seconds_max"]))
     if (faults.get("fail_client"), faults.get("fail_round"), faults.get("fail_phase")) == (
         cid,
         round_num,
