@@ -20,8 +20,16 @@ from fedper import CONF_DIR
 
 # sections a config of an earlier fedper version had under another name: old name -> new name
 RENAMED_SECTIONS = {"debug": "faults"}
-# keys a config of an earlier fedper version lacks, with the value that does what it did
-ADDED_KEYS = {"evaluate_every": 1, "clients_per_evaluation": None}
+# keys a config of an earlier fedper version lacks, with the value that does what it did; a
+# dotted key is added to its section when the config has that section
+ADDED_KEYS = {
+    "evaluate_every": 1,
+    "clients_per_evaluation": None,
+    "faults.hold_round": None,  # before clients could be held in a round: never held
+    "faults.hold_phase": "evaluate",
+    "faults.hold_until": None,
+    "faults.hold_seconds_max": 600,
+}
 # single keys (dotted), and sections whose every key is not a setting
 NOT_SETTING_KEYS = (
     "server_device",
@@ -45,8 +53,15 @@ def is_setting(key: str) -> bool:
 def with_current_names(config: dict) -> dict:
     """A stored config (run_config.json, results.json) with its sections under today's names
     and the keys added since, so that a run folder written before is still the same run."""
-    renamed = {RENAMED_SECTIONS.get(key, key): value for key, value in config.items()}
-    return {**ADDED_KEYS, **renamed}
+    current = {RENAMED_SECTIONS.get(key, key): value for key, value in config.items()}
+    for dotted, value in ADDED_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        if not section:
+            current.setdefault(key, value)
+        elif isinstance(current.get(section), dict):
+            current[section] = {**current[section]}  # the stored config stays as it was
+            current[section].setdefault(key, value)
+    return current
 
 
 def settings_only(config: dict, prefix: str = "") -> dict:

@@ -55,10 +55,29 @@ def test_plots_group_runs_that_differ_only_in_keys_that_are_not_settings():
 
 
 def test_a_stored_debug_section_reads_as_faults_and_missing_keys_as_what_they_did():
-    assert with_current_names({"debug": {"fail_client": 1}, "seed": 0}) == {
-        "faults": {"fail_client": 1},
+    stored = {"debug": {"fail_client": 1}, "seed": 0}
+    assert with_current_names(stored) == {
+        # before clients could be held in a round: never held
+        "faults": {"fail_client": 1, "hold_round": None, "hold_phase": "evaluate",
+                   "hold_until": None, "hold_seconds_max": 600},
         "seed": 0,
         "evaluate_every": 1,  # before evaluation could be scheduled: every client, every round
         "clients_per_evaluation": None,
-    }
+    }  # fmt: skip
+    assert stored == {"debug": {"fail_client": 1}, "seed": 0}  # read, not changed
     assert with_current_names({"evaluate_every": 5})["evaluate_every"] == 5
+    assert with_current_names({"faults": {"hold_round": 2}})["faults"]["hold_round"] == 2
+    assert "faults" not in with_current_names({"seed": 0})  # no section, nothing added to it
+
+
+def test_a_run_from_before_the_hold_keys_is_the_same_setting_as_one_with_them_off():
+    """A run stored before faults.hold_* existed groups with today's runs of the same setting
+    (the plots) and is continued by today's config (resume)."""
+    today = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "faults" / "none.yaml"))
+    before = {k: v for k, v in today.items() if not k.startswith("hold_")}
+    assert before != today
+    old = {"algorithm": "fedper", "seed": 1, "faults": before}
+    new = {"algorithm": "fedper", "seed": 2, "faults": today}
+    assert setting_from_config(old) == setting_from_config(new)
+    held = {**new, "faults": {**today, "hold_round": 2}}
+    assert setting_from_config(held) != setting_from_config(old)
