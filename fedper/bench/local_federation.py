@@ -201,6 +201,21 @@ class Federation:
                 found.append(process)
         return found
 
+    def clientapp_tasks(self) -> list:
+        """The live ClientApp processes the warm launchers forked (children of their fork
+        servers): each answers one message and ends, or ends when its run is stopped."""
+        psutil = psutil_module()
+        tasks = []
+        for name, launcher in self.processes.items():
+            if not name.endswith("-clientapps"):
+                continue
+            try:
+                for server in psutil.Process(launcher.pid).children():
+                    tasks += server.children()
+            except psutil.NoSuchProcess:
+                continue
+        return tasks
+
     def orphans(self) -> list[str]:
         """Flower processes of this federation that outlived their parent (re-parented), and
         what they run."""
