@@ -12,6 +12,7 @@ the only one: the run-folder claim and `resume` (fedper.planning), the plots' gr
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 from omegaconf import OmegaConf
@@ -29,6 +30,7 @@ ADDED_KEYS = {
     "faults.hold_phase": "evaluate",
     "faults.hold_until": None,
     "faults.hold_seconds_max": 600,
+    "shift": {"name": "none"},  # before client shifts: the partition's label skew alone
 }
 # single keys (dotted), and sections whose every key is not a setting
 NOT_SETTING_KEYS = (
@@ -57,7 +59,7 @@ def with_current_names(config: dict) -> dict:
     for dotted, value in ADDED_KEYS.items():
         section, _, key = dotted.rpartition(".")
         if not section:
-            current.setdefault(key, value)
+            current.setdefault(key, copy.deepcopy(value))
         elif isinstance(current.get(section), dict):
             current[section] = {**current[section]}  # the stored config stays as it was
             current[section].setdefault(key, value)

@@ -301,7 +301,12 @@ def test_hardware_switches_do_not_split_a_setting() -> None:
     assert (
         setting_from_config(with_switches)
         == setting_from_config(without)
-        == {"algorithm": "fedper", "evaluate_every": 1, "clients_per_evaluation": None}
+        == {
+            "algorithm": "fedper",
+            "evaluate_every": 1,
+            "clients_per_evaluation": None,
+            "shift.name": "none",
+        }
     )  # the keys a config lacked are read as what it did (fedper.settings.ADDED_KEYS)
 
 

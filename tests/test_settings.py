@@ -63,8 +63,13 @@ def test_a_stored_debug_section_reads_as_faults_and_missing_keys_as_what_they_di
         "seed": 0,
         "evaluate_every": 1,  # before evaluation could be scheduled: every client, every round
         "clients_per_evaluation": None,
+        "shift": {"name": "none"},  # before client shifts: label skew alone
     }  # fmt: skip
     assert stored == {"debug": {"fail_client": 1}, "seed": 0}  # read, not changed
+    assert with_current_names({"shift": {"name": "feature"}})["shift"] == {"name": "feature"}
+    first, second = with_current_names({}), with_current_names({})
+    first["shift"]["name"] = "concept"
+    assert second["shift"] == {"name": "none"}  # each reading gets a section of its own
     assert with_current_names({"evaluate_every": 5})["evaluate_every"] == 5
     assert with_current_names({"faults": {"hold_round": 2}})["faults"]["hold_round"] == 2
     assert "faults" not in with_current_names({"seed": 0})  # no section, nothing added to it
