@@ -168,12 +168,15 @@ def test_a_killed_flwr_run_stops_the_run_and_is_one_line(tmp_path, federation):
                    if "run" in p.cmdline() and "--stream" in p.cmdline()]  # fmt: skip
     flwr_run.send_signal(signal.SIGKILL)  # the clients wait in round 2's evaluation
     out, err = finish(launcher, lines)
-    # the held ClientApps belong to a stopped run: released, they would answer a run that no
-    # longer takes replies (a push Flower logs as failed), so they are ended instead
+    # the held ClientApps belong to a stopped run: those still alive (on a loaded machine Flower
+    # may not have ended them yet) would, released, answer a run that no longer takes replies (a
+    # push Flower logs as failed), so they are ended instead
     held = federation.clientapp_tasks()
-    assert len(held) == 2, held
     for task in held:
-        task.kill()
+        try:
+            task.kill()
+        except psutil.NoSuchProcess:
+            pass  # it ended between the listing and the kill
     _, alive = psutil.wait_procs(held, timeout=START_TIMEOUT)
     assert alive == [], alive
     assert launcher.returncode == 2 and "finished" not in out, out + err
