@@ -112,6 +112,9 @@ def test_bench_runs_end_to_end_and_writes_bench_json(tmp_path):
     assert {"raylet", "gcs_server"} <= names
     # what fedper.engines stops after ray.init is gone before the clients run
     assert not names & {"monitor.py", "log_monitor.py", "dashboard.py"}
+    # the plain loop's own processes, its workers among them, with no Ray process
+    plain_names = {p["name"] for p in memory["plain_peak_rss_by_process_bytes"]}
+    assert "python" in plain_names and not plain_names & {"raylet", "gcs_server"}
     cpu = report["cpu_seconds_by_process"]
     assert sum(cpu["federated"].values()) > 0 and sum(cpu["plain"].values()) > 0
     assert (run_dir / "federated" / "results.json").is_file()

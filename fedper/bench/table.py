@@ -8,7 +8,7 @@ def megabytes(value: float) -> str:
     return f"{value / 1e6:.0f}"
 
 
-def peak_processes(memory: dict) -> str:
+def peak_processes(memory: dict, key: str = "peak_rss_by_process_bytes") -> str:
     """Each process at the peak: MB RSS (private/files/shared memory), and its PSS and USS
     when they were read at that peak."""
 
@@ -19,7 +19,7 @@ def peak_processes(memory: dict) -> str:
         ", ".join(
             f"{p['name']} {megabytes(p['rss'])} ({megabytes(p['anon'])}/{megabytes(p['file'])}/"
             f"{megabytes(p['shmem'])}){shares(p)}"
-            for p in sorted(memory["peak_rss_by_process_bytes"], key=lambda p: -p["rss"])
+            for p in sorted(memory.get(key, []), key=lambda p: -p["rss"])
         )
         + " (MB RSS (private/files/shared memory))"
     )
@@ -84,6 +84,7 @@ def resource_lines(report: dict) -> list[str]:
         f"{memory['driver_ru_maxrss_bytes'] / 1e9:.2f} GB); plain loop: "
         f"{memory['plain_peak_all_processes_bytes'] / 1e9:.2f} GB",
         "at the peak: " + peak_processes(memory),
+        "plain loop at its peak: " + peak_processes(memory, "plain_peak_rss_by_process_bytes"),
         "CPU seconds, federated run: "
         + ", ".join(f"{k} {v:.1f}" for k, v in cpu["federated"].items())
         + "; plain loop: "

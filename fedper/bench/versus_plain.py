@@ -54,6 +54,8 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path) -> dict:
         with MemorySampler(settings.memory_interval) as plain_memory:
             plain = run_plain(spec_json, federated, actors, settings.plain_mode == "parallel")
     memory["plain_peak_all_processes_bytes"] = plain_memory.peak_bytes
+    # the same client core without Flower and Ray: what an actor's own share is measured against
+    memory["plain_peak_rss_by_process_bytes"] = plain_memory.peak_by_process
     memory["processes_started"] = {
         "federated": federated_memory.processes_started(),
         "plain": plain_memory.processes_started(),
