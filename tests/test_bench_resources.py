@@ -140,3 +140,22 @@ def test_the_peak_gets_its_processes_shares_even_when_it_came_too_soon_after_a_r
     assert own["uss"] >= 60 * 1024 * 1024 and own["pss"] >= own["uss"]
     assert sampler.pss_at_peak_bytes >= own["pss"]
     block.close()
+
+
+def test_a_peak_barely_above_the_last_read_one_keeps_the_shares_read_then():
+    from fedper.bench.sampling import MemorySampler
+
+    sampler = MemorySampler(0.25, pss_every=0.0, pss_growth=10.0)
+    sampler.sample()
+    own_uss = next(e for e in sampler.peak_by_process if e["pid"] == os.getpid())["uss"]
+    block = fresh_pages(64 * 1024 * 1024)
+    sampler.sample()  # a new peak, but not 10x the one the shares were read at
+    own = next(e for e in sampler.peak_by_process if e["pid"] == os.getpid())
+    assert own["uss"] == own_uss
+    sampler.pss_growth = 0.0
+    more = fresh_pages(8 * 1024 * 1024)
+    sampler.sample()  # any new peak is read again
+    own = next(e for e in sampler.peak_by_process if e["pid"] == os.getpid())
+    assert own["uss"] >= own_uss + 60 * 1024 * 1024
+    block.close()
+    more.close()

@@ -87,15 +87,23 @@ class MemorySampler:
     """Peak summed RSS of the process tree, and CPU seconds per process.
 
     Summed RSS counts a shared library once per process that maps it (torch alone is about
-    300 MB of shared pages per process), so at a new peak, at most once per `pss_every`
-    seconds, each process's PSS and USS are read too; it costs ~20 ms per process, too much
-    to poll.
+    300 MB of shared pages per process), so at a new peak each process's PSS and USS are
+    read too: at most once per `pss_every` seconds, and only once the peak is `pss_growth`
+    above the one they were last read at. A read costs ~20 ms of CPU per process and walks
+    its page tables, too much to repeat while a run's memory creeps up a little each round.
     The process list is refreshed once a second: listing it scans all of /proc.
     """
 
-    def __init__(self, interval: float, pss_every: float = 2.0, list_every: float = 1.0) -> None:
+    def __init__(
+        self,
+        interval: float,
+        pss_every: float = 2.0,
+        list_every: float = 1.0,
+        pss_growth: float = 0.02,
+    ) -> None:
         self.interval = interval
         self.pss_every = pss_every
+        self.pss_growth = pss_growth
         self.list_every = list_every
         self.peak_bytes = 0
         self.peak_processes = 0
@@ -106,6 +114,7 @@ class MemorySampler:
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> name, first, last
         self._pss_read_at = self._listed_at = -float("inf")
         self._shares_due = False  # a new peak whose PSS and USS were not read yet
+        self._shares_read_at_bytes = 0  # the summed RSS when they were last read
         self._shares: dict[int, dict[str, int]] = {}  # pid -> its PSS and USS, last read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -134,12 +143,12 @@ class MemorySampler:
                 {"name": self._names.get(p.pid, "?"), "pid": p.pid, "rss": r,
                  **resident_kinds(p.pid), **self._shares.get(p.pid, {})} for p, r in rss
             ]  # fmt: skip
-            self._shares_due = True
+            self._shares_due = total > self._shares_read_at_bytes * (1 + self.pss_growth)
         # read again at the peak or, when the last read was too recent, at the next sample
         # that is still within 5% of it
         recent = time.monotonic() - self._pss_read_at < self.pss_every
         if self._shares_due and not recent and total >= 0.95 * self.peak_bytes:
-            self._pss_read_at = time.monotonic()
+            self._pss_read_at, self._shares_read_at_bytes = time.monotonic(), total
             self._shares_due = False
             self._shares = {e["pid"]: memory_shares(e["pid"]) for e in self.peak_by_process}
             self.pss_at_peak_bytes = sum(share["pss"] for share in self._shares.values())
