@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ from fedper.tensor_files import tensors_digest
 from fedper.training import TrainSettings, evaluate, train
 
 # clients whose rows a worker keeps in memory: every client of a paper-sized federation, while
-# reading one again costs a few ms (docs/performance.md)
+# reading one again costs a few ms (docs/performance.md); `performance.client_data_cache_mb`
+# caps their size too
 HOST_DATA_CLIENTS = 64
+HOST_DATA_MB = 512  # conf/base.yaml's value, for configs stored before the key
 
 
 @dataclass
@@ -116,6 +118,9 @@ class ClientWorker:
             autocast_dtype=perf.autocast_dtype,
         )
         self._host_data: OrderedDict[int, ClientData] = OrderedDict()
+        self._host_data_bytes: dict[int, int] = {}
+        cache_mb = cfg.performance.get("client_data_cache_mb", HOST_DATA_MB)
+        self.host_data_budget = float(cache_mb) * 1e6
         self._device_data: tuple[int, ClientData] | None = None
 
     def check_client(self, cid: int, num_partitions: int | None, nodes: int | None = None) -> None:
@@ -136,12 +141,19 @@ class ClientWorker:
 
     def data(self, cid: int) -> ClientData:
         """A client's rows, kept for the last `HOST_DATA_CLIENTS` clients this worker served (a
-        worker of a large simulation serves thousands); only the one being served is on the GPU."""
+        worker of a large simulation serves thousands) while they fit in
+        `performance.client_data_cache_mb`; the one being served is always kept, and only it
+        is on the GPU."""
         if cid not in self._host_data:
             self._host_data[cid] = load_client_data(self.dataset, cid, "cpu")
-            while len(self._host_data) > HOST_DATA_CLIENTS:
-                self._host_data.popitem(last=False)
+            self._host_data_bytes[cid] = client_data_bytes(self._host_data[cid])
         self._host_data.move_to_end(cid)
+        while len(self._host_data) > 1 and (
+            len(self._host_data) > HOST_DATA_CLIENTS
+            or sum(self._host_data_bytes.values()) > self.host_data_budget
+        ):
+            oldest, _ = self._host_data.popitem(last=False)
+            del self._host_data_bytes[oldest]
         target = self.performance.data_device
         if target.type == "cpu":
             return self._host_data[cid]
@@ -338,3 +350,9 @@ def worker_for(spec: RunSpec, paths: NodePaths) -> ClientWorker:
         _WORKERS.clear()  # one run at a time per process: drop the previous run's model and data
         _WORKERS[key] = ClientWorker(spec, paths)
     return _WORKERS[key]
+
+
+def client_data_bytes(data: ClientData) -> int:
+    """What a client's rows take in memory: every tensor of every split."""
+    tensors = (getattr(data, f.name) for f in fields(data))
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)

@@ -207,3 +207,9 @@ def check_performance(cfg: DictConfig) -> None:
     for key in ("data_on_device", "cudnn_benchmark", "deterministic"):
         value = perf.get(key, False)
         check(isinstance(value, bool), f"performance.{key}={value} must be true or false")
+    cache_mb = perf.get("client_data_cache_mb", 0)
+    check(
+        isinstance(cache_mb, (int, float)) and not isinstance(cache_mb, bool) and cache_mb >= 0,
+        f"performance.client_data_cache_mb={cache_mb} must be a size in MB, 0 or more "
+        "(0: a worker keeps only the client it serves)",
+    )

@@ -126,3 +126,34 @@ def test_only_the_client_being_served_is_kept_on_the_training_device(tmp_path):
     assert second.train_images.device.type == "meta"
     assert worker._device_data[0] == 1 and worker._device_data[1] is second  # only client 1
     assert all(d.train_images.device.type == "cpu" for d in worker._host_data.values())
+
+
+def test_the_rows_kept_fit_in_the_configured_size_and_the_served_client_always_stays(tmp_path):
+    plan = plan_local(tmp_path, [*SMALL, "num_clients=4", "clients_per_round=4"])
+    worker = worker_of(plan)
+    sizes = [client.client_data_bytes(load_client_data(worker.dataset, c)) for c in range(4)]
+    assert all(size > 0 for size in sizes)
+    # room for client 0 and one of clients 1 and 2, not for all three
+    worker.host_data_budget = sizes[0] + max(sizes[1], sizes[2])
+    first = worker.data(0)
+    worker.data(1)
+    assert list(worker._host_data) == [0, 1] and worker.data(0) is first
+    worker.data(2)  # client 1, the least recent, makes room
+    assert list(worker._host_data) == [0, 2]
+    assert sum(worker._host_data_bytes.values()) <= worker.host_data_budget
+    worker.host_data_budget = 0.0  # only the client being served
+    served = worker.data(3)
+    assert list(worker._host_data) == [3] and list(worker._host_data_bytes) == [3]
+    assert torch.equal(served.train_images, load_client_data(worker.dataset, 3).train_images)
+
+
+def test_a_negative_or_non_numeric_cache_size_is_one_line_naming_the_setting():
+    from helpers.config import make_config
+
+    from fedper.device import check_performance
+    from fedper.errors import ConfigError
+
+    for value in ("-1", "lots"):
+        cfg = make_config([f"performance.client_data_cache_mb={value}"])
+        with pytest.raises(ConfigError, match="performance.client_data_cache_mb"):
+            check_performance(cfg)
