@@ -43,7 +43,6 @@ from fedper.training import TrainSettings, evaluate, train
 # reading one again costs a few ms (docs/performance.md); `performance.client_data_cache_mb`
 # caps their size too
 HOST_DATA_CLIENTS = 64
-HOST_DATA_MB = 512  # conf/base.yaml's value, for configs stored before the key
 
 
 @dataclass
@@ -119,8 +118,7 @@ class ClientWorker:
         )
         self._host_data: OrderedDict[int, ClientData] = OrderedDict()
         self._host_data_bytes: dict[int, int] = {}
-        cache_mb = cfg.performance.get("client_data_cache_mb", HOST_DATA_MB)
-        self.host_data_budget = float(cache_mb) * 1e6
+        self.host_data_budget = float(cfg.performance.client_data_cache_mb) * 1e6
         self._device_data: tuple[int, ClientData] | None = None
 
     def check_client(self, cid: int, num_partitions: int | None, nodes: int | None = None) -> None:

@@ -207,7 +207,7 @@ def check_performance(cfg: DictConfig) -> None:
     for key in ("data_on_device", "cudnn_benchmark", "deterministic"):
         value = perf.get(key, False)
         check(isinstance(value, bool), f"performance.{key}={value} must be true or false")
-    cache_mb = perf.get("client_data_cache_mb", 0)
+    cache_mb = perf.client_data_cache_mb
     check(
         isinstance(cache_mb, (int, float)) and not isinstance(cache_mb, bool) and cache_mb >= 0,
         f"performance.client_data_cache_mb={cache_mb} must be a size in MB, 0 or more "

@@ -31,6 +31,8 @@ ADDED_KEYS = {
     "faults.hold_until": None,
     "faults.hold_seconds_max": 600,
     "shift": {"name": "none"},  # before client shifts: the partition's label skew alone
+    # no size cap before it; a resumed run takes the default, which changes memory, not results
+    "performance.client_data_cache_mb": 512,
 }
 # single keys (dotted), and sections whose every key is not a setting
 NOT_SETTING_KEYS = (

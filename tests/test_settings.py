@@ -73,6 +73,9 @@ def test_a_stored_debug_section_reads_as_faults_and_missing_keys_as_what_they_di
     assert with_current_names({"evaluate_every": 5})["evaluate_every"] == 5
     assert with_current_names({"faults": {"hold_round": 2}})["faults"]["hold_round"] == 2
     assert "faults" not in with_current_names({"seed": 0})  # no section, nothing added to it
+    # a stored performance section gets the row cache's size, which changes no result
+    performance = with_current_names({"performance": {"deterministic": True}})["performance"]
+    assert performance == {"deterministic": True, "client_data_cache_mb": 512}
 
 
 def test_a_run_from_before_the_hold_keys_is_the_same_setting_as_one_with_them_off():

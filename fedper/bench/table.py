@@ -19,7 +19,7 @@ def peak_processes(memory: dict, key: str = "peak_rss_by_process_bytes") -> str:
         ", ".join(
             f"{p['name']} {megabytes(p['rss'])} ({megabytes(p['anon'])}/{megabytes(p['file'])}/"
             f"{megabytes(p['shmem'])}){shares(p)}"
-            for p in sorted(memory.get(key, []), key=lambda p: -p["rss"])
+            for p in sorted(memory[key], key=lambda p: -p["rss"])
         )
         + " (MB RSS (private/files/shared memory))"
     )
